@@ -1,0 +1,31 @@
+"""Image transforms for pretraining (the SimMIM / GreenMIM recipe)."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision import transforms as T
+
+
+def build_pretrain_transform(img_size: int = 224, scale: Tuple[float, float] = (0.2, 1.0),
+                             mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                             std: Sequence[float] = IMAGENET_DEFAULT_STD) -> T.Compose:
+    """PIL RGB image -> normalised float tensor [3, img_size, img_size].
+
+    RandomResizedCrop(img_size, scale, bicubic) + horizontal flip + ToTensor + Normalize. The
+    crop is the only strong augmentation: masking already makes the task hard, and colour jitter
+    would change the pixels the model is asked to reconstruct.
+
+    Args:
+        img_size: output side in px; the green encoder needs a multiple of 32 (checked by the
+            mask generator, not here, so the transform stays usable for other models).
+        scale: area fraction range of the random crop.
+        mean, std: per-channel normalisation (ImageNet defaults from timm).
+    """
+    return T.Compose([
+        T.RandomResizedCrop(img_size, scale=tuple(scale),
+                            interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(mean=tuple(mean), std=tuple(std)),
+    ])

@@ -1,0 +1,201 @@
+"""Green Swin Transformer: one encoder, a dense path for detection and a sparse path for MIM.
+
+    encoder(images)                       -> [B, C_i, H/2^(i+2), W/2^(i+2)] for i = 0..3 (dense)
+    encoder(images, mask)                 -> [B, N_i, C_i] visible tokens, row-major (sparse)
+    encoder(images, mask, mask_token=t)   -> dense maps with masked patches replaced by t (SimMIM)
+
+mask: bool [B, H/32, W/32], True = masked 32 px unit, the same visible count in every sample.
+State-dict keys follow the original Swin layout, so public Swin / SimMIM / GreenMIM weights load.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from timm.layers import PatchEmbed, trunc_normal_
+
+from ..data.masking import MASK_UNIT, check_mask
+from .swin_blocks import PatchMerging, SwinBlock
+from .token_layout import gather_tokens, merge_index, stage_layouts
+from .window_plans import GroupPlan, WindowPlan
+
+
+def _pair(v) -> Tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class SwinStage(nn.Module):
+    """A stage's blocks followed (except in the last stage) by patch merging, as in Swin's BasicLayer."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, shift_size: int,
+                 mlp_ratio: float, qkv_bias: bool, drop_path: Sequence[float], downsample: bool):
+        super().__init__()
+        self.window_size, self.shift_size = window_size, shift_size
+        self.blocks = nn.ModuleList([
+            SwinBlock(dim, num_heads, window_size, shifted=(j % 2 == 1 and shift_size > 0),
+                      mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=drop_path[j])
+            for j in range(depth)])
+        self.downsample = PatchMerging(dim) if downsample else None
+        self.grad_checkpointing = False
+
+    def run_blocks(self, x: torch.Tensor, plans) -> torch.Tensor:
+        """plans: (regular, shifted) attention plans for this stage's layout."""
+        for block in self.blocks:
+            plan = plans[1] if block.shifted else plans[0]
+            if self.grad_checkpointing and x.requires_grad:
+                x = cp.checkpoint(block, x, plan, use_reentrant=False)
+            else:
+                x = block(x, plan)
+        return x
+
+
+class GreenSwinTransformer(nn.Module):
+    """Swin Transformer encoder that can compute on visible tokens only.
+
+    Args:
+        img_size: pretraining/reference size (int or (H, W), multiples of 32). It fixes each stage's
+            window: a stage whose grid is no larger than `window_size` uses one window of its grid
+            size and no shift (original Swin). Other input sizes (multiples of 32) also run.
+        window_size: Swin window size (7, 14, ...).
+        drop_path_rate: stochastic depth, linearly increasing over all blocks.
+    """
+
+    def __init__(self, img_size=224, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
+                 depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 window_size: int = 7, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path_rate: float = 0.0):
+        super().__init__()
+        self.img_size = _pair(img_size)
+        for s in self.img_size:
+            if s <= 0 or s % MASK_UNIT:
+                raise ValueError(f"img_size {self.img_size} must be positive multiples of {MASK_UNIT}")
+        if MASK_UNIT % (patch_size * 2 ** (len(depths) - 1)):
+            raise ValueError(f"patch_size {patch_size} with {len(depths)} stages does not align "
+                             f"with the {MASK_UNIT} px mask unit")
+        if len(depths) != len(num_heads):
+            raise ValueError("depths and num_heads need one entry per stage")
+        self.patch_size, self.in_chans, self.embed_dim = patch_size, in_chans, embed_dim
+        self.depths, self.num_heads = tuple(depths), tuple(num_heads)
+        self.window_size = window_size
+        self.num_features = [embed_dim * 2 ** i for i in range(len(depths))]
+        self.tokens_per_unit = MASK_UNIT // patch_size
+
+        self.patch_embed = PatchEmbed(img_size=self.img_size, patch_size=patch_size, in_chans=in_chans,
+                                      embed_dim=embed_dim, norm_layer=nn.LayerNorm,
+                                      output_fmt="NHWC", strict_img_size=False)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+            grid = min(s // (patch_size * 2 ** i) for s in self.img_size)
+            win, shift = (grid, 0) if grid <= window_size else (window_size, window_size // 2)
+            self.layers.append(SwinStage(
+                self.num_features[i], depth, heads, win, shift, mlp_ratio, qkv_bias,
+                dpr[sum(depths[:i]): sum(depths[: i + 1])], downsample=i < len(depths) - 1))
+        self.norm = nn.LayerNorm(self.num_features[-1])  # Swin's final norm; used by MIM decoders
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ---- timm-style model surface -------------------------------------------------------------
+    def no_weight_decay_keywords(self) -> set:
+        return {"relative_position_bias_table"}
+
+    def no_weight_decay(self) -> set:
+        return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                mask_token: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        self._check_images(images)
+        x = self.patch_embed(images)  # [B, H/4, W/4, C]
+        if mask is None:
+            return self._forward_dense(x)
+        check_mask(mask, images.shape[0], self._unit_grid(images))
+        if mask_token is not None:
+            return self._forward_dense(self._replace_masked(x, mask, mask_token))
+        return self._forward_sparse(x, mask)
+
+    def forward_masked_reference(self, images: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+        """Dense path with masked tokens removed from every attention's keys: what the sparse path
+        must equal at visible positions. Slow (computes masked tokens too); for tests."""
+        self._check_images(images)
+        check_mask(mask, images.shape[0], self._unit_grid(images))
+        return self._forward_dense(self.patch_embed(images), unit_mask=mask)
+
+    def _forward_dense(self, x: torch.Tensor, unit_mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        outs = []
+        for i, stage in enumerate(self.layers):
+            b, h, w, _ = x.shape
+            token_mask = None
+            if unit_mask is not None:
+                per_unit = self.tokens_per_unit >> i
+                token_mask = unit_mask.repeat_interleave(per_unit, 1).repeat_interleave(per_unit, 2)
+            plans = [WindowPlan.build(h, w, stage.window_size, shift, token_mask, x.device)
+                     for shift in (0, stage.shift_size)]
+            x = stage.run_blocks(x, plans)
+            outs.append(x.permute(0, 3, 1, 2).contiguous())
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        return outs
+
+    def _forward_sparse(self, x: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+        mask = mask.cpu()  # plans are made on the host, once per step
+        plan_mask = mask[:1] if bool((mask == mask[:1]).all()) else mask
+        plans = self.plan_sparse(plan_mask, device=x.device)
+        b, h, w, c = x.shape
+        p = plan_mask.shape[0]
+        x = gather_tokens(x.reshape(b, h * w, c), plans["embed_index"], p)
+        outs = []
+        for i, stage in enumerate(self.layers):
+            x = stage.run_blocks(x, plans["attention"][i])
+            outs.append(x)
+            if stage.downsample is not None:
+                x = stage.downsample.forward_sparse(x, plans["merge"][i], p)
+        return outs
+
+    def plan_sparse(self, unit_mask: torch.Tensor, device=None) -> dict:
+        """Every index the sparse path needs, from a unit mask [P, Hu, Wu] (P = 1: shared by the
+        batch). Made once per step on the host; blocks only read it."""
+        unit_mask = unit_mask.cpu()
+        layouts = stage_layouts(unit_mask, len(self.layers), self.tokens_per_unit)
+        dev = device if device is not None else torch.device("cpu")
+        attention, merge = [], []
+        for i, (stage, lay) in enumerate(zip(self.layers, layouts)):
+            regular = GroupPlan.build(lay.rows, lay.cols, lay.height, lay.width, stage.window_size, 0, dev)
+            shifted = (GroupPlan.build(lay.rows, lay.cols, lay.height, lay.width, stage.window_size,
+                                       stage.shift_size, dev) if stage.shift_size else regular)
+            attention.append((regular, shifted))
+            if i + 1 < len(layouts):
+                merge.append(merge_index(lay, layouts[i + 1]).to(dev, non_blocking=True))
+        return {"embed_index": layouts[0].flat_index.to(dev, non_blocking=True),
+                "attention": attention, "merge": merge}
+
+    def _replace_masked(self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
+        per_unit = self.tokens_per_unit
+        w = mask.repeat_interleave(per_unit, 1).repeat_interleave(per_unit, 2).unsqueeze(-1).to(x.dtype)
+        return x * (1 - w) + mask_token.reshape(1, 1, 1, -1).to(x.dtype) * w
+
+    def _unit_grid(self, images: torch.Tensor) -> Tuple[int, int]:
+        return images.shape[-2] // MASK_UNIT, images.shape[-1] // MASK_UNIT
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.dim() != 4 or images.shape[1] != self.in_chans:
+            raise ValueError(f"expected images [B, {self.in_chans}, H, W], got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % MASK_UNIT or w % MASK_UNIT:
+            raise ValueError(f"image size {h}x{w} is not a multiple of {MASK_UNIT}; resize or pad "
+                             f"to e.g. {-(-h // MASK_UNIT) * MASK_UNIT}x{-(-w // MASK_UNIT) * MASK_UNIT}")

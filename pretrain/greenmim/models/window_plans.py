@@ -1,0 +1,214 @@
+"""Attention plans: which tokens attend to which, computed once per stage and shared by its blocks.
+
+A plan turns the fused qkv projection of a stage's tokens into attention outputs:
+- `WindowPlan` (dense path): Swin's pad + cyclic shift + window partition on a full token grid.
+- `GroupPlan` (sparse path): visible tokens only; windows are packed into equal-size groups
+  (see grouping.py) and attention inside a group is masked so that a token only sees tokens of
+  its own window. No token of another window, no padding and no masked patch ever leaks in.
+
+Both use Swin's relative position bias, indexed by the tokens' true coordinates, so one set of
+weights serves both paths. Index tensors are built on the host from the mask and moved to the
+device once; blocks never synchronise with the host.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .grouping import Grouping, plan_grouping
+
+
+def relative_position_index(drow: torch.Tensor, dcol: torch.Tensor, window: int) -> torch.Tensor:
+    """Swin's bias-table row for coordinate differences in (-window, window)."""
+    span = 2 * window - 1
+    return (drow + window - 1) * span + (dcol + window - 1)
+
+
+def _bias_from_table(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table [(2w-1)^2, heads], index [..., L, L] -> bias [..., heads, L, L]."""
+    return table[index].movedim(-1, -3)
+
+
+def _split_heads(qkv: torch.Tensor, num_heads: int):
+    """qkv [..., L, 3C] -> q, k, v each [..., heads, L, C/heads]."""
+    *lead, length, three_c = qkv.shape
+    qkv = qkv.view(*lead, length, 3, num_heads, three_c // (3 * num_heads))
+    q, k, v = qkv.movedim(-3, 0).transpose(-3, -2).unbind(0)
+    return q, k, v
+
+
+def _merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """[..., heads, L, d] -> [..., L, heads*d]."""
+    return out.transpose(-3, -2).flatten(-2)
+
+
+def _allowed_to_additive(allowed: torch.Tensor) -> torch.Tensor:
+    """bool [..., L, L] -> 0 / -inf float. Each query may always see itself, so no row is empty
+    (a fully masked row would give NaN, and NaN times a zero weight still poisons the next block)."""
+    eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+    return torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~(allowed | eye), float("-inf"))
+
+
+@dataclass
+class WindowPlan:
+    """Dense Swin windows on a [H, W] grid. `key_mask` [Bm, nW, T] (True = usable key) marks padding
+    and, for the masked reference, masked tokens; None when every key is usable."""
+    height: int
+    width: int
+    window: int
+    shift: int
+    rel_index: torch.Tensor               # [T, T]
+    attn_mask: Optional[torch.Tensor]     # [Bm, nW, 1, T, T] additive, or None
+
+    @classmethod
+    def build(cls, height: int, width: int, window: int, shift: int,
+              token_mask: Optional[torch.Tensor] = None, device=None) -> "WindowPlan":
+        """token_mask: optional bool [B, height, width], True = token removed from the keys."""
+        pad_h, pad_w = -height % window, -width % window
+        hp, wp = height + pad_h, width + pad_w
+        ar = torch.arange(window)
+        rows, cols = ar.repeat_interleave(window), ar.repeat(window)
+        rel = relative_position_index(rows[:, None] - rows[None], cols[:, None] - cols[None], window)
+
+        usable = torch.ones(1, height, width, dtype=torch.bool)
+        if token_mask is not None:
+            usable = ~token_mask.cpu()
+        needs_mask = shift > 0 or pad_h > 0 or pad_w > 0 or token_mask is not None
+        attn_mask = None
+        if needs_mask:
+            usable = F.pad(usable, (0, pad_w, 0, pad_h), value=False)
+            region = torch.zeros(hp, wp, dtype=torch.long)
+            if shift > 0:
+                # The cyclic shift puts wrapped border strips into the same window: label them apart.
+                bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+                label = 0
+                for hs in bounds:
+                    for ws in bounds:
+                        region[hs, ws] = label
+                        label += 1
+                usable = usable.roll((-shift, -shift), dims=(1, 2))
+            region_w = _partition(region[None, :, :, None], window)[..., 0]      # [1, nW, T]
+            usable_w = _partition(usable[..., None], window)[..., 0]             # [Bm, nW, T]
+            allowed = (region_w[..., :, None] == region_w[..., None, :]) & usable_w[..., None, :]
+            attn_mask = _allowed_to_additive(allowed).unsqueeze(2)
+        dev = device if device is not None else torch.device("cpu")
+        return cls(height, width, window, shift, rel.to(dev),
+                   None if attn_mask is None else attn_mask.to(dev, non_blocking=True))
+
+    def attention(self, qkv: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """qkv [B, H, W, 3C] -> attention output [B, H, W, C]."""
+        b, h, w, _ = qkv.shape
+        pad_h, pad_w = -h % self.window, -w % self.window
+        if pad_h or pad_w:
+            qkv = F.pad(qkv, (0, 0, 0, pad_w, 0, pad_h))
+        if self.shift:
+            qkv = qkv.roll((-self.shift, -self.shift), dims=(1, 2))
+        hp, wp = qkv.shape[1:3]
+        q, k, v = _split_heads(_partition(qkv, self.window), num_heads)  # [B, nW, heads, T, d]
+        bias = _bias_from_table(table, self.rel_index)                    # [heads, T, T]
+        if self.attn_mask is not None:
+            bias = bias + self.attn_mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        out = _unpartition(_merge_heads(out), self.window, hp, wp)
+        if self.shift:
+            out = out.roll((self.shift, self.shift), dims=(1, 2))
+        return out[:, :h, :w]
+
+
+def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """[B, H, W, C] -> [B, nW, window*window, C] (windows row-major, tokens row-major inside)."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c).transpose(2, 3)
+    return x.reshape(b, (h // window) * (w // window), window * window, c)
+
+
+def _unpartition(x: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of _partition: [B, nW, T, C] -> [B, H, W, C]."""
+    b, _, _, c = x.shape
+    x = x.view(b, h // window, w // window, window, window, c).transpose(2, 3)
+    return x.reshape(b, h, w, c)
+
+
+@dataclass
+class GroupPlan:
+    """Group Window Attention over visible tokens.
+
+    Tokens of `plan_samples` samples (1 for a batch-shared mask, B for per-sample masks) are laid
+    out as one list of P*N tokens; groups may hold windows of different samples.
+    """
+    gather: torch.Tensor      # [G*g] token feeding each group slot (padding slots point at 0)
+    scatter: torch.Tensor     # [P*N] slot holding each token
+    rel_index: torch.Tensor   # [G, g, g] bias-table rows from true coordinates
+    attn_mask: torch.Tensor   # [G, 1, g, g] additive: 0 inside a window, -inf across/padding
+    num_groups: int
+    capacity: int
+    plan_samples: int
+    num_tokens: int           # N per sample
+    padded_fraction: float    # padding slots / real tokens, for reports
+
+    @classmethod
+    def build(cls, rows: torch.Tensor, cols: torch.Tensor, height: int, width: int,
+              window: int, shift: int, device=None) -> "GroupPlan":
+        """rows, cols: long [P, N] true grid coordinates of the visible tokens (CPU)."""
+        p, n = rows.shape
+        offset = (window - shift) % window
+        wr, wc = (rows + offset) // window, (cols + offset) // window
+        n_wr, n_wc = (height - 1 + offset) // window + 1, (width - 1 + offset) // window + 1
+        sample = torch.arange(p).unsqueeze(1)
+        win = ((sample * n_wr + wr) * n_wc + wc).flatten()            # [P*N] window id
+        sizes = torch.bincount(win, minlength=p * n_wr * n_wc)
+        grouping = plan_grouping(sizes.tolist(), window * window)
+        slot_sorted, order = _slots(win, sizes, grouping)
+        g, n_groups = grouping.capacity, len(grouping.groups)
+
+        scatter = torch.empty(p * n, dtype=torch.long)
+        scatter[order] = slot_sorted
+        gather = torch.zeros(n_groups * g, dtype=torch.long)
+        gather[slot_sorted] = order
+        valid = torch.zeros(n_groups * g, dtype=torch.bool)
+        valid[slot_sorted] = True
+
+        slot_win = torch.where(valid, win[gather], -1).view(n_groups, g)
+        slot_r = rows.flatten()[gather].view(n_groups, g)
+        slot_c = cols.flatten()[gather].view(n_groups, g)
+        rel = relative_position_index(slot_r[:, :, None] - slot_r[:, None],
+                                      slot_c[:, :, None] - slot_c[:, None], window)
+        rel = rel.clamp_(0, (2 * window - 1) ** 2 - 1)  # cross-window pairs are masked anyway
+        allowed = (slot_win[:, :, None] == slot_win[:, None]) & valid.view(n_groups, 1, g)
+        attn_mask = _allowed_to_additive(allowed).unsqueeze(1)
+        dev = device if device is not None else torch.device("cpu")
+        move = lambda t: t.to(dev, non_blocking=True)  # noqa: E731
+        return cls(move(gather), move(scatter), move(rel), move(attn_mask), n_groups, g, p, n,
+                   (n_groups * g - p * n) / max(p * n, 1))
+
+    def attention(self, qkv: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """qkv [B, N, 3C] -> attention output [B, N, C]."""
+        b, n, three_c = qkv.shape
+        flat = qkv.reshape(b // self.plan_samples, self.plan_samples * n, three_c)
+        grouped = flat.index_select(1, self.gather).view(-1, self.num_groups, self.capacity, three_c)
+        q, k, v = _split_heads(grouped, num_heads)                      # [B/P, G, heads, g, d]
+        bias = _bias_from_table(table, self.rel_index) + self.attn_mask  # [G, heads, g, g]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        out = _merge_heads(out).flatten(1, 2)                           # [B/P, G*g, C]
+        return out.index_select(1, self.scatter).view(b, n, three_c // 3)
+
+
+def _slots(win: torch.Tensor, sizes: torch.Tensor, grouping: Grouping):
+    """Slot (group * capacity + offset) of every token, listed in window-sorted token order."""
+    size_list = sizes.tolist()
+    group_of, offset_of = [0] * len(size_list), [0] * len(size_list)
+    for k, windows in enumerate(grouping.groups):
+        fill = 0
+        for w in windows:
+            group_of[w], offset_of[w] = k, fill
+            fill += size_list[w]
+    win_group, win_offset = torch.tensor(group_of), torch.tensor(offset_of)
+    order = torch.argsort(win, stable=True)
+    sorted_win = win[order]
+    start = torch.cumsum(sizes, 0) - sizes
+    rank = torch.arange(win.numel()) - start[sorted_win]
+    slot_sorted = win_group[sorted_win] * grouping.capacity + win_offset[sorted_win] + rank
+    return slot_sorted, order
