@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Forward+backward time and peak memory of the green (sparse) path against the dense path of the
+same encoder, side by side in one run.
+
+Timing alternates the two variants in one process and reports medians, so the ratio holds on a
+noisy machine. Peak memory: on CUDA torch.cuda.max_memory_allocated per variant; on CPU each
+variant runs in its own subprocess and reports its peak RSS minus the RSS it had before the first
+forward (model, inputs and libraries excluded).
+
+    python tools/benchmark_encoder.py --arch swin_base --img-size 224 --batch-size 8 \
+        --mask-ratio 0.75 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import greenmim
+from greenmim.data.masking import MaskGenerator
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="swin_base")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--window-size", type=int, default=7)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--per-sample-mask", action="store_true", help="independent mask per sample")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per variant")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--memory-only", choices=["dense", "green"], help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def build(args):
+    device = torch.device(args.device)
+    enc = greenmim.build_encoder(args.arch, img_size=args.img_size, window_size=args.window_size).to(device)
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    masks = MaskGenerator(args.img_size, args.mask_ratio, shared=not args.per_sample_mask, seed=0)
+    return enc, images, masks
+
+
+def step(enc, images, mask, amp: bool):
+    """One forward + backward; loss = sum of stage means, so every stage gets a gradient."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        outs = enc(images) if mask is None else enc(images, mask)
+        loss = sum(o.float().mean() for o in outs)
+    loss.backward()
+    enc.zero_grad(set_to_none=True)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_both(args, enc, images, masks):
+    device = images.device
+    times = {"dense": [], "green": []}
+    for it in range(args.warmup + args.iters):
+        for name in ("dense", "green"):
+            mask = None if name == "dense" else masks(args.batch_size)
+            sync(device)
+            t0 = time.perf_counter()
+            step(enc, images, mask, args.amp)
+            sync(device)
+            if it >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_memory_mb(args, variant: str) -> float:
+    """Peak memory of one variant's step in MB (subprocess on CPU, allocator stats on CUDA)."""
+    if args.device.startswith("cuda"):
+        enc, images, masks = build(args)
+        mask = None if variant == "dense" else masks(args.batch_size)
+        step(enc, images, mask, args.amp)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(enc, images, mask, args.amp)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", variant,
+           "--arch", args.arch, "--img-size", str(args.img_size), "--window-size", str(args.window_size),
+           "--batch-size", str(args.batch_size), "--mask-ratio", str(args.mask_ratio), "--device", "cpu"]
+    if args.per_sample_mask:
+        cmd.append("--per-sample-mask")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def memory_child(args) -> None:
+    enc, images, masks = build(args)
+    mask = None if args.memory_only == "dense" else masks(args.batch_size)
+    with torch.no_grad():  # touch lazily initialised kernels/allocations outside the measurement
+        enc(images[:1]) if mask is None else enc(images[:1], mask[:1])
+    base = rss_mb()
+    step(enc, images, mask, False)
+    print(rss_mb() - base)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.memory_only:
+        return memory_child(args)
+    torch.manual_seed(0)
+    enc, images, masks = build(args)
+    times = time_both(args, enc, images, masks)
+    del enc, images
+    dense_mb, green_mb = peak_memory_mb(args, "dense"), peak_memory_mb(args, "green")
+    result = {
+        "arch": args.arch, "img_size": args.img_size, "window_size": args.window_size,
+        "batch_size": args.batch_size, "mask_ratio": args.mask_ratio,
+        "per_sample_mask": args.per_sample_mask, "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "amp": args.amp,
+        "dense_s": times["dense"], "green_s": times["green"],
+        "speedup": times["dense"] / times["green"],
+        "dense_peak_mb": dense_mb, "green_peak_mb": green_mb,
+        "mem_reduction": 1.0 - green_mb / dense_mb,
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
