@@ -3,9 +3,10 @@
 same encoder, side by side in one run.
 
 Timing alternates the two variants in one process and reports medians, so the ratio holds on a
-noisy machine. Peak memory: on CUDA torch.cuda.max_memory_allocated per variant; on CPU each
-variant runs in its own subprocess and reports its peak RSS minus the RSS it had before the first
-forward (model, inputs and libraries excluded).
+noisy machine. Peak memory is what a training step adds on top of a warmed-up process (model,
+gradients, inputs and libraries resident): on CUDA torch.cuda.max_memory_allocated minus the
+allocated memory before the step; on CPU each variant runs in its own subprocess, resets the
+kernel's peak-RSS counter (/proc/self/clear_refs) and reports peak RSS minus RSS before the step.
 
     python tools/benchmark_encoder.py --arch swin_base --img-size 224 --batch-size 8 \
         --mask-ratio 0.75 --json out.json
@@ -16,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -54,12 +54,13 @@ def build(args):
 
 
 def step(enc, images, mask, amp: bool):
-    """One forward + backward; loss = sum of stage means, so every stage gets a gradient."""
+    """One forward + backward; loss = sum of stage means, so every stage gets a gradient.
+    Gradients are zeroed in place, as a training loop that keeps its gradient buffers does."""
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
         outs = enc(images) if mask is None else enc(images, mask)
         loss = sum(o.float().mean() for o in outs)
     loss.backward()
-    enc.zero_grad(set_to_none=True)
+    enc.zero_grad(set_to_none=False)
 
 
 def sync(device):
@@ -82,8 +83,12 @@ def time_both(args, enc, images, masks):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def peak_memory_mb(args, variant: str) -> float:
@@ -110,11 +115,12 @@ def peak_memory_mb(args, variant: str) -> float:
 def memory_child(args) -> None:
     enc, images, masks = build(args)
     mask = None if args.memory_only == "dense" else masks(args.batch_size)
-    with torch.no_grad():  # touch lazily initialised kernels/allocations outside the measurement
-        enc(images[:1]) if mask is None else enc(images[:1], mask[:1])
-    base = rss_mb()
+    step(enc, images, mask, False)  # warm-up: gradient buffers and lazily created kernels
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+    base = _status_mb("VmRSS")
     step(enc, images, mask, False)
-    print(rss_mb() - base)
+    print(_status_mb("VmHWM") - base)
 
 
 def main(argv=None):

@@ -19,7 +19,10 @@ from timm.layers import PatchEmbed, trunc_normal_
 from ..data.masking import MASK_UNIT, check_mask
 from .swin_blocks import PatchMerging, SwinBlock
 from .token_layout import gather_tokens, merge_index, stage_layouts
+from .ragged_plan import RaggedPlan
 from .window_plans import GroupPlan, WindowPlan
+
+ATTENTION_MODES = ("auto", "group", "ragged")
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -60,13 +63,19 @@ class GreenSwinTransformer(nn.Module):
             size and no shift (original Swin). Other input sizes (multiples of 32) also run.
         window_size: Swin window size (7, 14, ...).
         drop_path_rate: stochastic depth, linearly increasing over all blocks.
+        attn_mode: sparse-path attention: "group" (windows packed into padded groups, SDPA),
+            "ragged" (no padding, FlexAttention) or "auto" (the faster one measured for the
+            device: ragged on CUDA, group elsewhere).
     """
 
     def __init__(self, img_size=224, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
                  depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  window_size: int = 7, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path_rate: float = 0.0):
+                 drop_path_rate: float = 0.0, attn_mode: str = "auto"):
         super().__init__()
+        if attn_mode not in ATTENTION_MODES:
+            raise ValueError(f"attn_mode '{attn_mode}' is not one of {ATTENTION_MODES}")
+        self.attn_mode = attn_mode
         self.img_size = _pair(img_size)
         for s in self.img_size:
             if s <= 0 or s % MASK_UNIT:
@@ -173,11 +182,15 @@ class GreenSwinTransformer(nn.Module):
         unit_mask = unit_mask.cpu()
         layouts = stage_layouts(unit_mask, len(self.layers), self.tokens_per_unit)
         dev = device if device is not None else torch.device("cpu")
+        mode = self.attn_mode
+        if mode == "auto":
+            mode = "ragged" if dev.type == "cuda" else "group"
+        plan_cls = RaggedPlan if mode == "ragged" else GroupPlan
         attention, merge = [], []
         for i, (stage, lay) in enumerate(zip(self.layers, layouts)):
-            regular = GroupPlan.build(lay.rows, lay.cols, lay.height, lay.width, stage.window_size, 0, dev)
-            shifted = (GroupPlan.build(lay.rows, lay.cols, lay.height, lay.width, stage.window_size,
-                                       stage.shift_size, dev) if stage.shift_size else regular)
+            regular = plan_cls.build(lay.rows, lay.cols, lay.height, lay.width, stage.window_size, 0, dev)
+            shifted = (plan_cls.build(lay.rows, lay.cols, lay.height, lay.width, stage.window_size,
+                                      stage.shift_size, dev) if stage.shift_size else regular)
             attention.append((regular, shifted))
             if i + 1 < len(layouts):
                 merge.append(merge_index(lay, layouts[i + 1]).to(dev, non_blocking=True))
