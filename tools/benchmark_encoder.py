@@ -40,6 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--attn-mode", default="auto", choices=["auto", "group", "ragged"])
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--memory-only", choices=["dense", "green"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -47,7 +48,8 @@ def parse_args(argv=None):
 
 def build(args):
     device = torch.device(args.device)
-    enc = greenmim.build_encoder(args.arch, img_size=args.img_size, window_size=args.window_size).to(device)
+    enc = greenmim.build_encoder(args.arch, img_size=args.img_size, window_size=args.window_size,
+                                 attn_mode=args.attn_mode).to(device)
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     masks = MaskGenerator(args.img_size, args.mask_ratio, shared=not args.per_sample_mask, seed=0)
     return enc, images, masks
@@ -105,7 +107,7 @@ def peak_memory_mb(args, variant: str) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", variant,
            "--arch", args.arch, "--img-size", str(args.img_size), "--window-size", str(args.window_size),
-           "--batch-size", str(args.batch_size), "--mask-ratio", str(args.mask_ratio), "--device", "cpu"]
+           "--batch-size", str(args.batch_size), "--mask-ratio", str(args.mask_ratio), "--device", "cpu", "--attn-mode", args.attn_mode]
     if args.per_sample_mask:
         cmd.append("--per-sample-mask")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -137,7 +139,7 @@ def main(argv=None):
         "batch_size": args.batch_size, "mask_ratio": args.mask_ratio,
         "per_sample_mask": args.per_sample_mask, "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "amp": args.amp,
+        "threads": torch.get_num_threads(), "amp": args.amp, "attn_mode": args.attn_mode,
         "dense_s": times["dense"], "green_s": times["green"],
         "speedup": times["dense"] / times["green"],
         "dense_peak_mb": dense_mb, "green_peak_mb": green_mb,

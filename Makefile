@@ -1,0 +1,15 @@
+# GreenMIM developer entry points. `make setup` is idempotent (see scripts/setup.sh), so the
+# other targets depend on it and cost a few seconds once the venv is in place.
+PY := .venv/bin/python
+
+.PHONY: setup test demo
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+# Main job on the embedded default data.
+demo: setup
+	@if [ -f tools/demo.py ]; then $(PY) tools/demo.py; else echo "demo not yet built"; fi

@@ -1,0 +1,191 @@
+"""Pretraining configuration: YAML files + `key.sub=value` command-line overrides, as plain dicts.
+
+A config file may name a base file with `_base_: other.yaml` (relative to itself); its keys are
+merged recursively. Every key must exist in DEFAULTS (except under the open sections listed in
+OPEN_SECTIONS, whose keys go straight to a builder), so a misspelt key fails at start-up with one
+line instead of being silently ignored. The resolved config is plain data (dicts, lists, numbers,
+strings), saved in checkpoints and loadable with torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Dict, Iterable, Optional
+
+import yaml
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad config, bad data, diverged run); main prints one line."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+DEFAULTS: Dict[str, Any] = {
+    "model": {
+        "type": "green",            # green (GreenMIM) | simmim (dense baseline)
+        "arch": "swin_base",        # any name greenmim.build_encoder knows
+        "encoder": {},              # extra build_encoder overrides (window_size, depths, ...)
+        "decoder_dim": 512,
+        "decoder_depth": 1,
+        "decoder_num_heads": 16,
+        "decoder_mlp_ratio": 4.0,
+        "norm_pix_loss": True,
+        "simmim_loss": "l1",        # l1 (SimMIM) | norm_pix_mse (GreenMIM's target)
+    },
+    "mask": {
+        "ratio": 0.75,
+        "shared": True,             # one mask per process and micro-batch (paper) or per sample
+    },
+    "data": {
+        "path": None,               # root/train/<class>/<img>, root/<class>/<img> or a flat folder;
+                                    # "synthetic" = generated images (smoke tests, benchmarks)
+        "img_size": 224,
+        "scale": [0.2, 1.0],        # RandomResizedCrop scale
+        "num_workers": 8,
+        "strict": False,            # raise on an unreadable image instead of skipping it
+        "pin_memory": True,
+        "synthetic_size": 256,      # number of images when path is "synthetic"
+    },
+    "train": {
+        "epochs": 800,
+        "warmup_epochs": 40,
+        "batch_size": 2048,         # GLOBAL batch per optimiser step (all processes, all accum steps)
+        "accum_iter": 1,            # gradient accumulation steps per optimiser step
+        "blr": 1.5e-4,              # lr = blr * batch_size / 256 unless lr is set
+        "lr": None,
+        "min_lr": 0.0,
+        "weight_decay": 0.05,
+        "betas": [0.9, 0.95],
+        "clip_grad": None,          # max grad norm, None = no clipping
+        "amp": "bf16",              # bf16 | fp16 | none; CUDA only, the CPU always runs fp32
+        "grad_checkpointing": False,
+        "max_steps": None,          # stop after this many optimiser steps (schedule unchanged)
+    },
+    "checkpoint": {
+        "every_epochs": 20,         # keep checkpoint-<epoch>.pth every N epochs (0: never)
+        "every_steps": 0,           # also refresh checkpoint-last.pth every N steps (0: per epoch)
+    },
+    "log": {
+        "every_steps": 20,          # JSON-lines / TensorBoard / progress-bar refresh period
+        "tensorboard": True,
+        "progress_bar": True,
+        "vis_every_epochs": 20,     # reconstruction figure every N epochs (0: never)
+        "vis_samples": 8,
+    },
+    "seed": 0,
+    "device": "auto",               # auto | cpu | cuda
+    "output_dir": "output/pretrain",
+    "resume": "auto",               # auto (continue from output_dir/checkpoint-last.pth if any) |
+                                    # none | path to a checkpoint
+    "export_encoder": True,         # write output_dir/encoder.pth at the end
+}
+
+# Sections whose keys are not checked here (they are keyword arguments of a builder).
+OPEN_SECTIONS = ("model.encoder",)
+
+
+def _merge(base: Dict[str, Any], new: Dict[str, Any], prefix: str, where: str) -> None:
+    for key, value in new.items():
+        name = f"{prefix}{key}"
+        if key not in base and not any(prefix.rstrip(".") == s or prefix.startswith(s + ".")
+                                       for s in OPEN_SECTIONS):
+            valid = ", ".join(sorted(base)) or "(none)"
+            raise ConfigError(f"unknown config key '{name}' in {where}; valid keys here: {valid}")
+        if isinstance(base.get(key), dict) and isinstance(value, dict):
+            _merge(base[key], value, name + ".", where)
+        elif isinstance(base.get(key), dict) and name not in OPEN_SECTIONS:
+            raise ConfigError(f"config key '{name}' in {where} is a section, give it sub-keys "
+                              f"(e.g. {name}.{next(iter(base[key]), 'key')}=...)")
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def _read_yaml(path: str, seen: Iterable[str] = ()) -> Dict[str, Any]:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"config {path} includes itself through _base_")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist; pass --config configs/pretrain/<name>.yaml")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    merged: Dict[str, Any] = {}
+    for b in [base] if isinstance(base, str) else base:
+        _deep_update(merged, _read_yaml(os.path.join(os.path.dirname(path), b), (*seen, path)))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(dst: Dict[str, Any], src: Dict[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(dst.get(k), dict) and isinstance(v, dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = copy.deepcopy(v)
+
+
+def parse_override(text: str) -> Dict[str, Any]:
+    """'a.b.c=value' -> {'a': {'b': {'c': value}}}, value parsed as YAML (1e-4, [2,2], true, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. train.epochs=100)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key; write e.g. train.blr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    out: Dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    """DEFAULTS <- YAML file (with its bases) <- overrides; unknown keys raise ConfigError."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path:
+        _merge(cfg, _read_yaml(path), "", f"config file {path}")
+    for text in overrides:
+        _merge(cfg, parse_override(text), "", f"override '{text}'")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Dict[str, Any]) -> None:
+    """Cheap checks of values, each with a one-line message."""
+    if cfg["model"]["type"] not in ("green", "simmim"):
+        raise ConfigError(f"model.type must be 'green' or 'simmim', got {cfg['model']['type']!r}")
+    if cfg["train"]["amp"] not in ("bf16", "fp16", "none", None, False):
+        raise ConfigError(f"train.amp must be bf16, fp16 or none, got {cfg['train']['amp']!r}")
+    for key in ("batch_size", "accum_iter", "epochs"):
+        v = cfg["train"][key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"train.{key} must be a positive integer, got {v!r}")
+    if not isinstance(cfg["data"]["img_size"], int) or cfg["data"]["img_size"] % 32:
+        raise ConfigError(f"data.img_size must be a multiple of 32 (the mask unit), got "
+                          f"{cfg['data']['img_size']!r}; use e.g. 224 or 192")
+    if not 0.0 <= float(cfg["mask"]["ratio"]) < 1.0:
+        raise ConfigError(f"mask.ratio must be in [0, 1), got {cfg['mask']['ratio']!r}")
+    if cfg["device"] not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
+    if not isinstance(cfg["model"]["encoder"], dict):
+        raise ConfigError("model.encoder must be a mapping of build_encoder overrides")
+
+
+def dump_config(cfg: Dict[str, Any]) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

@@ -1,0 +1,90 @@
+"""Process-group set-up from the torchrun / Slurm environment: gloo on CPU, nccl on GPU."""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _slurm_to_torchrun_env() -> None:
+    """Maps Slurm's variables to torchrun's when a job is started by srun without torchrun
+    (tools/submit_slurm.py sets MASTER_ADDR/MASTER_PORT itself)."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or "MASTER_ADDR" not in os.environ:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Initialises torch.distributed when launched by torchrun (RANK/WORLD_SIZE set), else returns
+    a single-process DistInfo. device: auto | cpu | cuda."""
+    _slurm_to_torchrun_env()
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        from ..config import ConfigError
+        raise ConfigError("device=cuda was asked for but no CUDA device is available; use device=cpu")
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda:
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://",
+                                rank=rank, world_size=world,
+                                timeout=datetime.timedelta(minutes=30),
+                                device_id=dev if use_cuda else None)
+    return DistInfo(rank, world, local, dev)
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean over processes of a tensor (returned as a new tensor, input untouched)."""
+    if not is_initialized():
+        return value.detach().clone()
+    out = value.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()
+
+
+def cleanup() -> None:
+    if is_initialized():
+        dist.destroy_process_group()

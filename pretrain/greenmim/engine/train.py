@@ -1,0 +1,151 @@
+"""One training epoch: masks drawn once per micro-batch, AMP, accumulation, DDP, NaN guard."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import UserError
+from ..data.masking import MaskGenerator
+from . import dist as gdist
+from .logger import TrainLogger
+from .optim import set_lr
+
+
+class TrainingError(UserError):
+    """Training cannot go on (e.g. the loss diverged)."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0          # optimiser steps done in the whole run
+    epoch: int = 0         # epoch the next step belongs to
+    epoch_step: int = 0    # optimiser steps already done in that epoch
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StepConfig:
+    """What train_one_epoch needs besides the objects; built once by main from the config."""
+    micro_batch: int                   # samples per process per forward
+    accum_iter: int = 1
+    total_steps: int = 1               # for the schedule and the ETA
+    lr_fn: Callable[[int], float] = lambda step: 1e-4
+    amp_dtype: Optional[torch.dtype] = None
+    clip_grad: Optional[float] = None
+    max_steps: Optional[int] = None
+    log_every: int = 20
+    seed: int = 0
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of torch's global RNG for one optimiser step of one process: drop-path and any other
+    randomness in the model is a function of (seed, step, rank), hence identical after a resume."""
+    return (int(seed) * 1_000_003 + int(step) * 65_537 + int(rank) * 7_919 + 12_345) % (2 ** 63)
+
+
+def draw_masks(generator: MaskGenerator, micro_batch: int, world_size: int, rank: int) -> torch.Tensor:
+    """This rank's masks [micro_batch, rows, cols]. Every rank advances the (identically seeded)
+    generator the same way: per-sample masks are drawn for the global micro-batch and sliced, so
+    N processes use exactly the masks one process would; shared masks are one per process."""
+    if generator.shared:
+        masks = [generator(micro_batch) for _ in range(world_size)]
+        return masks[rank]
+    return generator(micro_batch * world_size)[rank * micro_batch:(rank + 1) * micro_batch]
+
+
+def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, mask_generator: MaskGenerator, state: TrainState,
+                    sc: StepConfig, device: torch.device, logger: TrainLogger,
+                    on_step: Optional[Callable[[TrainState], None]] = None,
+                    epochs: int = 1) -> bool:
+    """Trains from state (epoch, epoch_step) to the end of the epoch or to sc.max_steps.
+
+    Each optimiser step: seed the global RNG, set the lr, run accum_iter micro-batches
+    (forward under autocast on CUDA, loss / accum_iter backward, DDP sync on the last only),
+    check the loss over all processes is finite, clip, step. `on_step(state)` runs after every
+    step (periodic checkpoints). Returns True when the epoch finished, False when max_steps hit.
+
+    Raises:
+        TrainingError: the loss is NaN or infinite (no optimiser step is taken with it).
+    """
+    sampler = loader.batch_sampler
+    sampler.set_epoch(state.epoch, state.epoch_step)
+    world, rank = gdist.get_world_size(), gdist.get_rank()
+    accum = sc.accum_iter
+    ddp = hasattr(model, "no_sync")
+    model.train()
+    logger.start_epoch(state.epoch, epochs, sampler.steps_per_epoch, state.epoch_step)
+    imgs_per_step = sc.micro_batch * world * accum
+    t_last, timed_steps, timed_time = time.perf_counter(), 0, 0.0
+    step_loss = torch.zeros((), device=device)
+    lr = 0.0
+
+    for i, images in enumerate(loader):
+        a = i % accum
+        if a == 0:
+            torch.manual_seed(step_seed(sc.seed, state.step, rank))
+            lr = sc.lr_fn(state.step)
+            set_lr(optimizer, lr)
+            step_loss.zero_()
+        # masks stay on the CPU: the green encoder plans on the host, models move what they need
+        mask = draw_masks(mask_generator, images.shape[0], world, rank)
+        images = images.to(device, non_blocking=True)
+        last = a == accum - 1
+        sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=sc.amp_dtype or torch.float32,
+                                enabled=sc.amp_dtype is not None):
+                loss = model(images, mask)["loss"]
+            scaler.scale(loss / accum).backward()
+        step_loss += loss.detach().float() / accum
+        if not last:
+            continue
+
+        loss_value = float(gdist.all_reduce_mean(step_loss))
+        if not math.isfinite(loss_value):
+            logger.end_epoch()
+            raise TrainingError(
+                f"loss is {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); training "
+                f"stopped before applying it, the last checkpoint is left intact — lower "
+                f"train.blr, set train.clip_grad or use train.amp=bf16, then resume")
+        grad_norm = None
+        if sc.clip_grad:
+            scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), sc.clip_grad))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.epoch_step += 1
+
+        now = time.perf_counter()
+        dt, t_last = now - t_last, now
+        if state.epoch_step > 1 or timed_steps:  # the first step of an epoch includes loader start-up
+            timed_steps, timed_time = timed_steps + 1, timed_time + dt
+        sec_per_step = timed_time / timed_steps if timed_steps else dt
+        img_s = imgs_per_step / max(dt, 1e-9)
+        eta = sec_per_step * (min(sc.total_steps, sc.max_steps or sc.total_steps) - state.step)
+        logger.update_bar(1, loss_value, lr, img_s, eta)
+        if state.step % sc.log_every == 0 or state.epoch_step == sampler.steps_per_epoch:
+            record = {"step": state.step, "epoch": state.epoch + state.epoch_step / sampler.steps_per_epoch,
+                      "loss": loss_value, "lr": lr, "img_per_s": img_s}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm
+            if scaler.is_enabled():
+                record["loss_scale"] = float(scaler.get_scale())
+            logger.log(record, state.step)
+        if on_step is not None:
+            on_step(state)
+        if sc.max_steps is not None and state.step >= sc.max_steps:
+            logger.end_epoch()
+            return False
+    logger.end_epoch()
+    return True

@@ -1,0 +1,59 @@
+"""GreenMIM's Detectron2 edge: Green Swin backbones + FPN, checkpoint loading, layer decay, COCO.
+
+Importing the package registers `build_green_swin_fpn_backbone` and `build_green_swin_backbone`
+in detectron2's BACKBONE_REGISTRY (for yacs configs). LazyConfig files use the classes directly.
+"""
+from .backbone import (
+    STAGE_NAMES,
+    GreenSwinBackbone,
+    add_green_swin_config,
+    build_green_swin_backbone,
+    build_green_swin_fpn,
+    build_green_swin_fpn_backbone,
+)
+from .checkpoint import (
+    ArchitectureMismatchError,
+    CheckpointError,
+    convert_encoder_state_dict,
+    load_checkpoint_file,
+    load_encoder_weights,
+    resize_relative_position_bias_table,
+)
+from .data import DatasetError, get_coco_dataset_dicts, register_coco_dataset
+from .optim import get_swin_layer_decay_param_groups, swin_layer_id, swin_lr_decay_factors
+
+__all__ = [
+    "STAGE_NAMES",
+    "GreenSwinBackbone",
+    "add_green_swin_config",
+    "build_green_swin_backbone",
+    "build_green_swin_fpn",
+    "build_green_swin_fpn_backbone",
+    "ArchitectureMismatchError",
+    "CheckpointError",
+    "GreenCheckpointer",
+    "GreenCOCOEvaluator",
+    "convert_encoder_state_dict",
+    "load_checkpoint_file",
+    "load_encoder_weights",
+    "resize_relative_position_bias_table",
+    "DatasetError",
+    "get_coco_dataset_dicts",
+    "register_coco_dataset",
+    "get_swin_layer_decay_param_groups",
+    "swin_layer_id",
+    "swin_lr_decay_factors",
+]
+
+
+def __getattr__(name):
+    # evaluation and the checkpointer pull in more of detectron2; load them on first use
+    if name == "GreenCheckpointer":
+        from .checkpoint import GreenCheckpointer
+
+        return GreenCheckpointer
+    if name == "GreenCOCOEvaluator":
+        from .evaluation import GreenCOCOEvaluator
+
+        return GreenCOCOEvaluator
+    raise AttributeError(f"module 'greenmim_det' has no attribute {name!r}")

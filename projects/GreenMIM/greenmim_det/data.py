@@ -1,0 +1,150 @@
+"""COCO-format datasets for detectron2, with one-line errors for the usual mistakes.
+
+Built-in names (coco_2017_train, coco_2017_val, ...) are detectron2's, found under
+$DETECTRON2_DATASETS (default ./datasets) as detectron2 lays them out. Any other COCO json +
+image folder is registered on the fly when a config passes ``json_file`` and ``image_root``:
+
+    dataloader.train.dataset.names=my_train
+    dataloader.train.dataset.json_file=/data/my/annotations/train.json
+    dataloader.train.dataset.image_root=/data/my/train
+
+Errors (missing or malformed json, unknown dataset name, empty dataset) are raised as
+`DatasetError` whose message is a single line that names the dataset, the file and the fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data.datasets import register_coco_instances
+
+__all__ = [
+    "DatasetError",
+    "register_coco_dataset",
+    "ensure_dataset",
+    "get_coco_dataset_dicts",
+    "dataset_thing_classes",
+]
+
+_COCO_KEYS = ("images", "annotations", "categories")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message is one line."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def check_coco_json(json_file: str, name: str = "") -> None:
+    """Raises DatasetError unless json_file exists and is a COCO instances file.
+
+    The whole file is parsed here only when it is small (< 64 MB); big files (COCO train is
+    ~450 MB) are only checked to exist, and parse errors surface from `get_coco_dataset_dicts`.
+    """
+    label = f"dataset '{name}': " if name else ""
+    if not json_file:
+        raise DatasetError(f"{label}no COCO json file given (set json_file=...)")
+    if not os.path.isfile(json_file):
+        hint = (
+            " (set DETECTRON2_DATASETS to the folder that holds coco/, or pass json_file=... image_root=...)"
+            if name.startswith(("coco_", "keypoints_coco_"))
+            else ""
+        )
+        raise DatasetError(f"{label}COCO json not found: {json_file}{hint}")
+    if os.path.getsize(json_file) > 64 * 2 ** 20:
+        return
+    try:
+        with open(json_file, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{label}malformed COCO json {json_file}: {_one_line(e)}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(
+            f"{label}malformed COCO json {json_file}: top level is a {type(data).__name__}, "
+            f"expected an object with {list(_COCO_KEYS)}"
+        )
+    missing = [k for k in _COCO_KEYS if not isinstance(data.get(k), list)]
+    if missing:
+        raise DatasetError(f"{label}malformed COCO json {json_file}: missing or non-list keys {missing}")
+
+
+def register_coco_dataset(name: str, json_file: str, image_root: str, *, check: bool = True) -> str:
+    """Registers a COCO instances json + image folder under `name` (idempotent for equal paths)."""
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"dataset name must be a non-empty string, got {name!r}")
+    if check:
+        check_coco_json(json_file, name)
+        if not image_root or not os.path.isdir(image_root):
+            raise DatasetError(f"dataset '{name}': image folder not found: {image_root}")
+    if name in DatasetCatalog.list():
+        old = getattr(MetadataCatalog.get(name), "json_file", None)
+        if old is not None and os.path.abspath(old) == os.path.abspath(json_file):
+            return name
+        raise DatasetError(
+            f"dataset '{name}' is already registered with json {old}; pick another name for {json_file}"
+        )
+    register_coco_instances(name, {}, json_file, image_root)
+    return name
+
+
+def ensure_dataset(name: str, json_file: Optional[str] = None, image_root: Optional[str] = None) -> str:
+    """Makes sure `name` can be loaded: registers it when json_file is given, else checks that it
+    is registered and, for COCO-style entries, that its json exists. Returns the name."""
+    if json_file:
+        return register_coco_dataset(name, json_file, image_root or "")
+    if name not in DatasetCatalog.list():
+        known = sorted(n for n in DatasetCatalog.list() if n.startswith("coco_20"))
+        raise DatasetError(
+            f"unknown dataset '{name}': it is not registered; pass json_file=... image_root=... to "
+            f"register a COCO-format dataset under this name, or use a built-in one such as "
+            f"{', '.join(known[:4])} ({len(DatasetCatalog.list())} registered)"
+        )
+    meta_json = getattr(MetadataCatalog.get(name), "json_file", None)
+    if meta_json is not None:
+        check_coco_json(meta_json, name)
+    return name
+
+
+def get_coco_dataset_dicts(
+    names: Union[str, Sequence[str]],
+    json_file: Optional[str] = None,
+    image_root: Optional[str] = None,
+    filter_empty: bool = True,
+) -> List[Dict]:
+    """detectron2's `get_detection_dataset_dicts` with validation and one-line errors.
+
+    Args:
+        names: a dataset name or a list of names (registered, or registered here from json_file).
+        json_file, image_root: a COCO instances json and its image folder, registered as `names`
+            (which must then be a single name).
+        filter_empty: drop images without (non-crowd) annotations (training).
+    """
+    name_list = [names] if isinstance(names, str) else list(names)
+    if not name_list:
+        raise DatasetError("no dataset names given")
+    if json_file and len(name_list) != 1:
+        raise DatasetError(f"json_file={json_file} needs exactly one dataset name, got {name_list}")
+    for name in name_list:
+        ensure_dataset(name, json_file, image_root)
+    try:
+        dicts = get_detection_dataset_dicts(name_list, filter_empty=filter_empty)
+    except (json.JSONDecodeError, KeyError, TypeError, AssertionError, FileNotFoundError) as e:
+        files = [getattr(MetadataCatalog.get(n), "json_file", n) for n in name_list]
+        raise DatasetError(
+            f"cannot load dataset {name_list} from {files}: {type(e).__name__}: {_one_line(e)}"
+        ) from None
+    if not dicts:
+        raise DatasetError(f"dataset {name_list} has no usable images (filter_empty={filter_empty})")
+    return dicts
+
+
+def dataset_thing_classes(name: str) -> Optional[List[str]]:
+    """Class names of a registered dataset (loads it if its metadata has none yet)."""
+    meta = MetadataCatalog.get(name)
+    if not hasattr(meta, "thing_classes"):
+        DatasetCatalog.get(name)  # load_coco_json fills the metadata
+    return list(getattr(meta, "thing_classes", []) or []) or None

@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""One full pretraining step of GreenMIM against the dense SimMIM baseline, side by side.
+
+    python tools/benchmark_pretrain.py --arch swin_base --img-size 224 --batch-size 8 --json out.json
+    python tools/benchmark_pretrain.py --arch swin_base --batch-size 128 --json gpu.json   # on a GPU
+
+A step is forward + loss + backward + AdamW update (+ zero_grad) of the whole MIM model: green =
+green encoder on the visible units + one-block decoder; dense = the same encoder on every token with
+a mask token + linear pixel head (SimMIM). Both get the same images and masks.
+
+Timing alternates the two variants in one process and reports medians (robust on a noisy machine):
+`*_s` the whole step, `*_fwdbwd_s` forward + loss + backward alone.
+
+Peak memory, per variant, the method of tools/benchmark_encoder.py: on CUDA
+torch.cuda.max_memory_allocated during a step minus the memory allocated before it; on the CPU
+each variant runs in its own subprocess and reports its peak RSS during a step minus its RSS
+before it. The subprocess runs one step first, so model, optimiser state, inputs and libraries
+are all in the baseline and only what the step itself needs is counted. (On Linux the peak is
+reset with /proc/self/clear_refs and glibc's mmap threshold is pinned, so that memory freed by
+the first step is returned to the system and not hidden in the baseline.)
+
+JSON keys: dense_s, green_s, speedup, dense_fwdbwd_s, green_fwdbwd_s, fwdbwd_speedup,
+dense_peak_mb, green_peak_mb, mem_reduction (1 - green/dense), plus the setting.
+AMP (bf16 autocast) is on by default on CUDA (--no-amp to disable); the CPU runs fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+try:
+    import greenmim
+except ModuleNotFoundError as e:  # running from a checkout without `pip install -e .`
+    if e.name != "greenmim":
+        raise
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pretrain"))
+    import greenmim
+
+import torch
+
+from greenmim.data.masking import MaskGenerator
+from greenmim.engine.optim import build_optimizer
+from greenmim.models.mim import GreenMIM
+from greenmim.models.simmim import SimMIM
+
+VARIANTS = ("dense", "green")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="swin_base")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--window-size", type=int, default=7)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--per-sample-mask", action="store_true", help="independent mask per sample "
+                   "(default: one mask per batch, the paper's setting)")
+    p.add_argument("--decoder-dim", type=int, default=512)
+    p.add_argument("--decoder-depth", type=int, default=1)
+    p.add_argument("--decoder-heads", type=int, default=16)
+    p.add_argument("--encoder-kwargs", default="{}", help="extra build_encoder overrides as JSON "
+                   "(e.g. '{\"embed_dim\": 32, \"depths\": [1,1,1,1]}' for a quick check)")
+    p.add_argument("--iters", type=int, default=5, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--memory-only", choices=VARIANTS, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def amp_enabled(args) -> bool:
+    return args.device.startswith("cuda") and not args.no_amp
+
+
+def build(args, variant: str):
+    """Model, AdamW (paper's groups), images, mask generator of one variant, all seeded."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    enc = greenmim.build_encoder(args.arch, img_size=args.img_size, window_size=args.window_size,
+                                 **json.loads(args.encoder_kwargs))
+    if variant == "green":
+        model = GreenMIM(enc, img_size=args.img_size, decoder_dim=args.decoder_dim,
+                         decoder_depth=args.decoder_depth, decoder_num_heads=args.decoder_heads)
+    else:
+        model = SimMIM(enc)
+    model.to(device)
+    opt = build_optimizer(model, lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    masks = MaskGenerator(args.img_size, args.mask_ratio, shared=not args.per_sample_mask, seed=0)
+    return model, opt, images, masks
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step(model, opt, images, mask, amp: bool):
+    """Returns (seconds for forward+loss+backward, seconds for the whole step)."""
+    device = images.device
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = model(images, mask)["loss"]
+    loss.backward()
+    sync(device)
+    t1 = time.perf_counter()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sync(device)
+    return t1 - t0, time.perf_counter() - t0
+
+
+def time_both(args):
+    built = {v: build(args, v) for v in VARIANTS}
+    times = {f"{v}_{k}": [] for v in VARIANTS for k in ("fwdbwd_s", "s")}
+    for it in range(args.warmup + args.iters):
+        mask = None
+        for v in VARIANTS:
+            model, opt, images, masks = built[v]
+            if mask is None:
+                mask = masks(args.batch_size).to(images.device)  # the same mask for both
+            fb, total = train_step(model, opt, images, mask, amp_enabled(args))
+            if it >= args.warmup:
+                times[f"{v}_fwdbwd_s"].append(fb)
+                times[f"{v}_s"].append(total)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# ---- memory ----------------------------------------------------------------------------------------
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024.0
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def memory_child(args) -> None:
+    model, opt, images, masks = build(args, args.memory_only)
+    mask = masks(args.batch_size).to(images.device)
+    if args.device.startswith("cuda"):
+        train_step(model, opt, images, mask, amp_enabled(args))  # optimiser state, kernels, caches
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        train_step(model, opt, images, mask, amp_enabled(args))
+        print((torch.cuda.max_memory_allocated() - base) / 2 ** 20)
+        return
+    if _reset_peak_rss():
+        train_step(model, opt, images, mask, False)
+        base = _status_mb("VmRSS")
+        _reset_peak_rss()
+        train_step(model, opt, images, mask, False)
+        print(_status_mb("VmHWM") - base)
+    else:  # no /proc: ru_maxrss never goes down, so warm up without a full step
+        with torch.no_grad():
+            model(images[:1], mask[:1])
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        train_step(model, opt, images, mask, False)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - base)
+
+
+def peak_memory_mb(args, variant: str) -> float:
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", variant,
+           "--arch", args.arch, "--img-size", str(args.img_size), "--window-size", str(args.window_size),
+           "--batch-size", str(args.batch_size), "--mask-ratio", str(args.mask_ratio),
+           "--decoder-dim", str(args.decoder_dim), "--decoder-depth", str(args.decoder_depth),
+           "--decoder-heads", str(args.decoder_heads), "--encoder-kwargs", args.encoder_kwargs,
+           "--device", args.device]
+    if args.per_sample_mask:
+        cmd.append("--per-sample-mask")
+    if args.no_amp:
+        cmd.append("--no-amp")
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    # a fixed mmap threshold: large tensors are mmapped and go back to the system when freed
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_only:
+        return memory_child(args)
+    t = time_both(args)
+    dense_mb, green_mb = (peak_memory_mb(args, v) for v in VARIANTS)
+    cuda = args.device.startswith("cuda")
+    result = {
+        "arch": args.arch, "img_size": args.img_size, "window_size": args.window_size,
+        "batch_size": args.batch_size, "mask_ratio": args.mask_ratio,
+        "per_sample_mask": args.per_sample_mask, "encoder_kwargs": json.loads(args.encoder_kwargs),
+        "decoder": [args.decoder_dim, args.decoder_depth, args.decoder_heads],
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "amp": "bf16" if amp_enabled(args) else "fp32",
+        "iters": args.iters,
+        "dense_s": t["dense_s"], "green_s": t["green_s"], "speedup": t["dense_s"] / t["green_s"],
+        "dense_fwdbwd_s": t["dense_fwdbwd_s"], "green_fwdbwd_s": t["green_fwdbwd_s"],
+        "fwdbwd_speedup": t["dense_fwdbwd_s"] / t["green_fwdbwd_s"],
+        "dense_peak_mb": dense_mb, "green_peak_mb": green_mb,
+        "mem_reduction": 1.0 - green_mb / dense_mb,
+    }
+    if cuda:
+        result["img_per_s_dense"] = args.batch_size / t["dense_s"]
+        result["img_per_s_green"] = args.batch_size / t["green_s"]
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
