@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 EXACT_MAX_WINDOWS = 10  # exact subset DP costs O(2^n * n); affordable up to here
+KNAPSACK_MAX_WINDOWS = 256  # beyond this (per-sample masks, big batches) plan by counts only
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,43 @@ def pack_exact(sizes: Sequence[int], capacity: int) -> List[List[int]]:
     return [sorted(g) for g in groups]
 
 
+def pack_best_fit_counts(sizes: Sequence[int], capacity: int) -> List[List[int]]:
+    """Best-fit decreasing on counts: windows of equal size and groups of equal free room are
+    interchangeable, so whole batches of them move at once. Costs O(capacity^2) decisions plus one
+    list append per window, which keeps per-sample masks on large batches (thousands of windows)
+    cheap to plan."""
+    by_size: List[List[int]] = [[] for _ in range(capacity + 1)]
+    for i, s in enumerate(sizes):
+        by_size[s].append(i)
+    groups: List[List[int]] = []
+    by_room: List[List[int]] = [[] for _ in range(capacity + 1)]  # group ids by free room
+    for size in range(capacity, 0, -1):
+        pending = by_size[size]
+        while pending:
+            room = next((r for r in range(size, capacity) if by_room[r]), None)
+            if room is None:  # open groups: each takes as many windows of this size as fit
+                per_group = capacity // size
+                for start in range(0, len(pending), per_group):
+                    chunk = pending[start:start + per_group]
+                    by_room[capacity - size * len(chunk)].append(len(groups))
+                    groups.append(list(chunk))
+                break
+            take = min(len(pending), len(by_room[room]))
+            moved, by_room[room] = by_room[room][-take:], by_room[room][:-take]
+            for gid, window in zip(moved, pending[:take]):
+                groups[gid].append(window)
+            by_room[room - size].extend(moved)
+            pending = pending[take:]
+    return [sorted(g) for g in groups]
+
+
 def pack_min_groups(sizes: Sequence[int], capacity: int) -> List[List[int]]:
     """Fewest groups of total size <= capacity: heuristics certified by the lower bound, else exact."""
     if not sizes:
         return []
     lower_bound = math.ceil(sum(sizes) / capacity)
+    if len(sizes) > KNAPSACK_MAX_WINDOWS:
+        return pack_best_fit_counts(sizes, capacity)
     best = pack_first_fit_decreasing(sizes, capacity)
     if len(best) > lower_bound:
         knap = pack_knapsack(sizes, capacity)

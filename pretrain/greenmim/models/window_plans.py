@@ -49,7 +49,8 @@ def _allowed_to_additive(allowed: torch.Tensor) -> torch.Tensor:
     """bool [..., L, L] -> 0 / -inf float. Each query may always see itself, so no row is empty
     (a fully masked row would give NaN, and NaN times a zero weight still poisons the next block)."""
     eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
-    return torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~(allowed | eye), float("-inf"))
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill(
+        ~(allowed | eye), float("-inf"))
 
 
 @dataclass
@@ -171,17 +172,18 @@ class GroupPlan:
         valid = torch.zeros(n_groups * g, dtype=torch.bool)
         valid[slot_sorted] = True
 
-        slot_win = torch.where(valid, win[gather], -1).view(n_groups, g)
-        slot_r = rows.flatten()[gather].view(n_groups, g)
-        slot_c = cols.flatten()[gather].view(n_groups, g)
+        # Per-slot facts are O(G*g); the O(G*g*g) pair tensors are built where they are used.
+        dev = device if device is not None else torch.device("cpu")
+        move = lambda t: t.to(dev, non_blocking=True)  # noqa: E731
+        slot_win = move(torch.where(valid, win[gather], -1).view(n_groups, g))
+        slot_r = move(rows.flatten()[gather].view(n_groups, g))
+        slot_c = move(cols.flatten()[gather].view(n_groups, g))
         rel = relative_position_index(slot_r[:, :, None] - slot_r[:, None],
                                       slot_c[:, :, None] - slot_c[:, None], window)
         rel = rel.clamp_(0, (2 * window - 1) ** 2 - 1)  # cross-window pairs are masked anyway
-        allowed = (slot_win[:, :, None] == slot_win[:, None]) & valid.view(n_groups, 1, g)
+        allowed = (slot_win[:, :, None] == slot_win[:, None]) & (slot_win >= 0).unsqueeze(1)
         attn_mask = _allowed_to_additive(allowed).unsqueeze(1)
-        dev = device if device is not None else torch.device("cpu")
-        move = lambda t: t.to(dev, non_blocking=True)  # noqa: E731
-        return cls(move(gather), move(scatter), move(rel), move(attn_mask), n_groups, g, p, n,
+        return cls(move(gather), move(scatter), rel, attn_mask, n_groups, g, p, n,
                    (n_groups * g - p * n) / max(p * n, 1))
 
     def attention(self, qkv: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
