@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from timm.layers import PatchEmbed, trunc_normal_
 
@@ -130,13 +131,12 @@ class GreenSwinTransformer(nn.Module):
     def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None,
                 mask_token: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         self._check_images(images)
-        x = self.patch_embed(images)  # [B, H/4, W/4, C]
         if mask is None:
-            return self._forward_dense(x)
+            return self._forward_dense(self.patch_embed(images))  # patch_embed: [B, H/4, W/4, C]
         check_mask(mask, images.shape[0], self._unit_grid(images))
         if mask_token is not None:
-            return self._forward_dense(self._replace_masked(x, mask, mask_token))
-        return self._forward_sparse(x, mask)
+            return self._forward_dense(self._replace_masked(self.patch_embed(images), mask, mask_token))
+        return self._forward_sparse(images, mask)
 
     def forward_masked_reference(self, images: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
         """Dense path with masked tokens removed from every attention's keys: what the sparse path
@@ -161,13 +161,12 @@ class GreenSwinTransformer(nn.Module):
                 x = stage.downsample(x)
         return outs
 
-    def _forward_sparse(self, x: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+    def _forward_sparse(self, images: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
         mask = mask.cpu()  # plans are made on the host, once per step
         plan_mask = mask[:1] if bool((mask == mask[:1]).all()) else mask
-        plans = self.plan_sparse(plan_mask, device=x.device)
-        b, h, w, c = x.shape
+        plans = self.plan_sparse(plan_mask, device=images.device)
         p = plan_mask.shape[0]
-        x = gather_tokens(x.reshape(b, h * w, c), plans["embed_index"], p)
+        x = self._embed_visible(images, plans["embed_index"], p)
         outs = []
         for i, stage in enumerate(self.layers):
             x = stage.run_blocks(x, plans["attention"][i])
@@ -175,6 +174,16 @@ class GreenSwinTransformer(nn.Module):
             if stage.downsample is not None:
                 x = stage.downsample.forward_sparse(x, plans["merge"][i], p)
         return outs
+
+    def _embed_visible(self, images: torch.Tensor, index: torch.Tensor, plan_samples: int) -> torch.Tensor:
+        """Patch embedding of the visible patches only: the stride-4 conv is a linear map of each
+        4x4 patch, so it runs on gathered patches with the conv's own weights. -> [B, N, C]"""
+        b, c, h, w = images.shape
+        ps = self.patch_size
+        patches = images.view(b, c, h // ps, ps, w // ps, ps).permute(0, 2, 4, 1, 3, 5)
+        patches = gather_tokens(patches.reshape(b, (h // ps) * (w // ps), c * ps * ps), index, plan_samples)
+        proj = self.patch_embed.proj
+        return self.patch_embed.norm(F.linear(patches, proj.weight.flatten(1), proj.bias))
 
     def plan_sparse(self, unit_mask: torch.Tensor, device=None) -> dict:
         """Every index the sparse path needs, from a unit mask [P, Hu, Wu] (P = 1: shared by the

@@ -40,6 +40,21 @@ def _split_heads(qkv: torch.Tensor, num_heads: int):
     return q, k, v
 
 
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v for q, k, v [..., heads, L, d] and bias [..., heads, L, L].
+
+    A learnable bias sends scaled_dot_product_attention to its generic math path on CPU and CUDA
+    (the fused kernels return no bias gradient), which is slower than these three ops; without a
+    gradient the fused kernels win. Rows are never fully masked (see _allowed_to_additive), so the
+    plain softmax is safe.
+    """
+    bias = bias.to(q.dtype)
+    if not (torch.is_grad_enabled() and bias.requires_grad):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).add_(bias)
+    return torch.matmul(scores.softmax(-1), v)
+
+
 def _merge_heads(out: torch.Tensor) -> torch.Tensor:
     """[..., heads, L, d] -> [..., L, heads*d]."""
     return out.transpose(-3, -2).flatten(-2)
@@ -112,7 +127,7 @@ class WindowPlan:
         bias = _bias_from_table(table, self.rel_index)                    # [heads, T, T]
         if self.attn_mask is not None:
             bias = bias + self.attn_mask
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        out = _attend(q, k, v, bias)
         out = _unpartition(_merge_heads(out), self.window, hp, wp)
         if self.shift:
             out = out.roll((self.shift, self.shift), dims=(1, 2))
@@ -193,7 +208,7 @@ class GroupPlan:
         grouped = flat.index_select(1, self.gather).view(-1, self.num_groups, self.capacity, three_c)
         q, k, v = _split_heads(grouped, num_heads)                      # [B/P, G, heads, g, d]
         bias = _bias_from_table(table, self.rel_index) + self.attn_mask  # [G, heads, g, g]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        out = _attend(q, k, v, bias)
         out = _merge_heads(out).flatten(1, 2)                           # [B/P, G*g, C]
         return out.index_select(1, self.scatter).view(b, n, three_c // 3)
 
