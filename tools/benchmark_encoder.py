@@ -4,9 +4,8 @@ same encoder, side by side in one run.
 
 Timing alternates the two variants in one process and reports medians, so the ratio holds on a
 noisy machine. Peak memory is what a training step adds on top of a warmed-up process (model,
-gradients, inputs and libraries resident): on CUDA torch.cuda.max_memory_allocated minus the
-allocated memory before the step; on CPU each variant runs in its own subprocess, resets the
-kernel's peak-RSS counter (/proc/self/clear_refs) and reports peak RSS minus RSS before the step.
+gradients, inputs and libraries resident), see tools/step_memory.py; on CPU each variant runs in
+its own subprocess.
 
     python tools/benchmark_encoder.py --arch swin_base --img-size 224 --batch-size 8 \
         --mask-ratio 0.75 --json out.json
@@ -14,18 +13,17 @@ kernel's peak-RSS counter (/proc/self/clear_refs) and reports peak RSS minus RSS
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
 import greenmim
+from step_memory import run_in_subprocess, step_peak_mb
 from greenmim.data.masking import MaskGenerator
 
 
@@ -86,53 +84,29 @@ def time_both(args, enc, images, masks):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def peak_memory_mb(args, variant: str) -> float:
     """Peak memory of one variant's step in MB (subprocess on CPU, allocator stats on CUDA)."""
     if args.device.startswith("cuda"):
-        enc, images, masks = build(args)
-        mask = None if variant == "dense" else masks(args.batch_size)
-        step(enc, images, mask, args.amp)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step(enc, images, mask, args.amp)
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return memory_child(args, variant)
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", variant,
            "--arch", args.arch, "--img-size", str(args.img_size), "--window-size", str(args.window_size),
-           "--batch-size", str(args.batch_size), "--mask-ratio", str(args.mask_ratio), "--device", "cpu", "--attn-mode", args.attn_mode]
+           "--batch-size", str(args.batch_size), "--mask-ratio", str(args.mask_ratio), "--device", "cpu",
+           "--attn-mode", args.attn_mode]
     if args.per_sample_mask:
         cmd.append("--per-sample-mask")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    return run_in_subprocess(cmd)
 
 
-def memory_child(args) -> None:
+def memory_child(args, variant: str) -> float:
     enc, images, masks = build(args)
-    mask = None if args.memory_only == "dense" else masks(args.batch_size)
-    step(enc, images, mask, False)  # warm-up: gradient buffers and lazily created kernels
-    # Hand the warm-up's freed activations back to the OS, or the measured step would reuse them
-    # inside an already-counted heap and look nearly free.
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM (peak RSS) to the current RSS
-    base = _status_mb("VmRSS")
-    step(enc, images, mask, False)
-    print(_status_mb("VmHWM") - base)
+    mask = None if variant == "dense" else masks(args.batch_size)
+    return step_peak_mb(lambda: step(enc, images, mask, args.amp), images.device)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.memory_only:
-        return memory_child(args)
+        return print(memory_child(args, args.memory_only))
     torch.manual_seed(0)
     enc, images, masks = build(args)
     times = time_both(args, enc, images, masks)

@@ -11,7 +11,7 @@ a mask token + linear pixel head (SimMIM). Both get the same images and masks.
 Timing alternates the two variants in one process and reports medians (robust on a noisy machine):
 `*_s` the whole step, `*_fwdbwd_s` forward + loss + backward alone.
 
-Peak memory, per variant, the method of tools/benchmark_encoder.py: on CUDA
+Peak memory, per variant, the method of tools/step_memory.py (shared with benchmark_encoder.py): on CUDA
 torch.cuda.max_memory_allocated during a step minus the memory allocated before it; on the CPU
 each variant runs in its own subprocess and reports its peak RSS during a step minus its RSS
 before it. The subprocess runs one step first, so model, optimiser state, inputs and libraries
@@ -29,9 +29,7 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -44,6 +42,7 @@ except ModuleNotFoundError as e:  # running from a checkout without `pip install
     import greenmim
 
 import torch
+from step_memory import run_in_subprocess, step_peak_mb
 
 from greenmim.data.masking import MaskGenerator
 from greenmim.engine.optim import build_optimizer
@@ -138,46 +137,11 @@ def time_both(args):
 
 # ---- memory ----------------------------------------------------------------------------------------
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return float(line.split()[1]) / 1024.0
-    raise KeyError(field)
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM (peak RSS) to the current RSS
-        return True
-    except OSError:
-        return False
-
-
 def memory_child(args) -> None:
     model, opt, images, masks = build(args, args.memory_only)
-    mask = masks(args.batch_size).to(images.device)
-    if args.device.startswith("cuda"):
-        train_step(model, opt, images, mask, amp_enabled(args))  # optimiser state, kernels, caches
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        train_step(model, opt, images, mask, amp_enabled(args))
-        print((torch.cuda.max_memory_allocated() - base) / 2 ** 20)
-        return
-    if _reset_peak_rss():
-        train_step(model, opt, images, mask, False)
-        base = _status_mb("VmRSS")
-        _reset_peak_rss()
-        train_step(model, opt, images, mask, False)
-        print(_status_mb("VmHWM") - base)
-    else:  # no /proc: ru_maxrss never goes down, so warm up without a full step
-        with torch.no_grad():
-            model(images[:1], mask[:1])
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        train_step(model, opt, images, mask, False)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - base)
+    mask = masks(args.batch_size)
+    amp = amp_enabled(args) if args.device.startswith("cuda") else False
+    print(step_peak_mb(lambda: train_step(model, opt, images, mask, amp), images.device))
 
 
 def peak_memory_mb(args, variant: str) -> float:
@@ -193,10 +157,7 @@ def peak_memory_mb(args, variant: str) -> float:
         cmd.append("--no-amp")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    # a fixed mmap threshold: large tensors are mmapped and go back to the system when freed
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return float(out.strip().splitlines()[-1])
+    return run_in_subprocess(cmd)
 
 
 def main(argv=None):
