@@ -9,6 +9,7 @@ State-dict keys follow the original Swin layout, so public Swin / SimMIM / Green
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -24,6 +25,11 @@ from .ragged_plan import RaggedPlan
 from .window_plans import GroupPlan, WindowPlan
 
 ATTENTION_MODES = ("auto", "group", "ragged")
+
+
+@functools.lru_cache(maxsize=64)  # detection sees a handful of padded sizes: build each once
+def _window_plan(height: int, width: int, window: int, shift: int, device: torch.device) -> WindowPlan:
+    return WindowPlan.build(height, width, window, shift, None, device)
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -154,6 +160,7 @@ class GreenSwinTransformer(nn.Module):
                 per_unit = self.tokens_per_unit >> i
                 token_mask = unit_mask.repeat_interleave(per_unit, 1).repeat_interleave(per_unit, 2)
             plans = [WindowPlan.build(h, w, stage.window_size, shift, token_mask, x.device)
+                     if token_mask is not None else _window_plan(h, w, stage.window_size, shift, x.device)
                      for shift in (0, stage.shift_size)]
             x = stage.run_blocks(x, plans)
             outs.append(x.permute(0, 3, 1, 2).contiguous())
