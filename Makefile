@@ -2,7 +2,7 @@
 # other targets depend on it and cost a few seconds once the venv is in place.
 PY := .venv/bin/python
 
-.PHONY: setup test demo
+.PHONY: setup test demo demo-compare
 
 setup:
 	@bash scripts/setup.sh
@@ -13,3 +13,7 @@ test: setup
 # Main job on the embedded default data.
 demo: setup
 	@if [ -f tools/demo.py ]; then $(PY) tools/demo.py; else echo "demo not yet built"; fi
+
+# The demo plus the same fine-tuning from random init: what pretraining buys (reuses finished stages).
+demo-compare: setup
+	$(PY) tools/demo.py --compare

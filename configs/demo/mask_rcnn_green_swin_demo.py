@@ -23,7 +23,7 @@ model.backbone.bottom_up.depths = [2, 2, 2, 2]
 model.backbone.bottom_up.num_heads = [2, 4, 8, 16]
 model.backbone.bottom_up.window_size = 8
 model.backbone.bottom_up.drop_path_rate = 0.0
-model.backbone.out_channels = 128
+model.backbone.out_channels = 64
 
 # --- heads: 5 shape classes, a few objects of 15-130 px per 256 px image
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
@@ -34,12 +34,13 @@ model.roi_heads.num_classes = 5
 model.roi_heads.batch_size_per_image = 128
 model.roi_heads.box_head.fc_dims = [512, 512]
 model.roi_heads.box_predictor.input_shape.channels = 512
-model.roi_heads.mask_head.conv_dims = [128, 128]
+model.roi_heads.mask_head.conv_dims = [64, 64]
 
 # --- data: 256 px images, light scale jitter
 dataloader.train.mapper.augmentations = [
-    L(T.ResizeShortestEdge)(short_edge_length=(224, 256, 288), max_size=288, sample_style="choice"),
-    L(T.RandomFlip)(horizontal=True),
+    L(T.ResizeShortestEdge)(short_edge_length=256, max_size=256),
+    L(T.RandomFlip)(horizontal=True, vertical=False),
+    L(T.RandomFlip)(horizontal=False, vertical=True),
 ]
 dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=256, max_size=256)]
 dataloader.train.total_batch_size = 4
@@ -51,7 +52,7 @@ optimizer.lr = 2e-4
 optimizer.weight_decay = 0.05
 optimizer.params.layer_decay = 0.9
 
-train.max_iter = 1000
+train.max_iter = 500
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.05),
     warmup_length=0.05,
