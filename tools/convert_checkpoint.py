@@ -23,8 +23,8 @@ try:  # a source checkout without `pip install -e .`
 except ImportError:
     sys.path[:0] = [os.path.join(_ROOT, "pretrain"), os.path.join(_ROOT, "projects", "GreenMIM")]
 
-import torch
-
+from greenmim.config import UserError
+from greenmim.engine.checkpoint import atomic_save
 from greenmim_det.checkpoint import CheckpointError, convert_encoder_state_dict, load_checkpoint_file
 
 
@@ -60,8 +60,11 @@ def main(argv=None) -> int:
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    torch.save({"model": {k: v.contiguous() for k, v in sd.items()}}, args.output)
+    try:  # temporary file + fsync + rename: never a half-written output
+        atomic_save({"model": {k: v.contiguous() for k, v in sd.items()}}, args.output)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(report.summary())
     print(f"wrote {args.output} ({len(sd)} tensors)")
     return 0

@@ -15,12 +15,14 @@ import os
 import sys
 
 try:
-    from greenmim.engine import checkpoint as ckpt
+    import greenmim  # noqa: F401
 except ModuleNotFoundError as e:  # running from a checkout without `pip install -e .`
     if e.name != "greenmim":
         raise
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pretrain"))
-    from greenmim.engine import checkpoint as ckpt
+
+from greenmim.config import UserError  # noqa: E402
+from greenmim.engine import checkpoint as ckpt  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,16 +30,18 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint", help="training checkpoint (checkpoint-last.pth, checkpoint-0800.pth)")
     p.add_argument("output", help="where to write the encoder weights")
     args = p.parse_args(argv)
-    if not os.path.isfile(args.checkpoint):
-        print(f"error: checkpoint {args.checkpoint} does not exist", file=sys.stderr)
+    try:
+        state = ckpt.load(args.checkpoint)  # weights_only: pickled code is refused, not run
+        if not isinstance(state, dict) or "model" not in state or "config" not in state:
+            raise UserError(f"{args.checkpoint} is not a GreenMIM training checkpoint (no model/config); "
+                            "pass a checkpoint-*.pth written by pretraining")
+        ckpt.export_encoder(state["model"], args.output, state["config"])
+    except (UserError, KeyError) as e:
+        msg = e if isinstance(e, UserError) else f"{args.checkpoint} holds no encoder weights ({e})"
+        print(f"error: {msg}", file=sys.stderr)
         return 2
-    state = ckpt.load(args.checkpoint)
-    if "model" not in state or "config" not in state:
-        print(f"error: {args.checkpoint} is not a GreenMIM training checkpoint (no model/config)",
-              file=sys.stderr)
-        return 2
-    ckpt.export_encoder(state["model"], args.output, state["config"])
-    print(f"wrote {args.output} ({state['config']['model']['arch']}, step {state['state']['step']})")
+    step = state.get("state", {}).get("step", "?")
+    print(f"wrote {args.output} ({state['config']['model']['arch']}, step {step})")
     return 0
 
 

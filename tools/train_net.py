@@ -10,6 +10,11 @@
 Multi-machine: --num-machines M --machine-rank R --dist-url tcp://HOST:PORT (detectron2 launch).
 The config's `train` block (configs/detection/common/train.py) holds output_dir, init_checkpoint,
 max_iter, amp, ddp, checkpointer, eval_period, log_period, device and seed.
+
+Bad input ends with one `error: ...` line: an override key the config does not have, a dataset
+or checkpoint that cannot be used (pickled code included: nothing in a checkpoint is executed),
+a disk that is full while saving. Snapshots are written atomically (GreenCheckpointer), so a
+run killed at any moment continues with --resume from its last complete snapshot.
 """
 import logging
 import os
@@ -38,6 +43,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from greenmim_det.checkpoint import CheckpointError, GreenCheckpointer
+from greenmim_det.config_check import UnknownConfigKeyError, check_override_keys
 from greenmim_det.data import DatasetError, dataset_thing_classes, ensure_dataset
 
 logger = logging.getLogger("detectron2")
@@ -128,6 +134,10 @@ def do_train(args, cfg):
 def main(args):
     """Returns the evaluation results (--eval-only) or the finished trainer."""
     cfg = LazyConfig.load(args.config_file)
+    try:
+        check_override_keys(cfg, args.opts)  # detectron2 would silently add a misspelt key
+    except UnknownConfigKeyError as e:
+        raise SystemExit(f"error: {e}") from None
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     cfg = prepare_config(cfg)
     default_setup(cfg, args)
@@ -144,7 +154,17 @@ def main(args):
         return do_train(args, cfg)
     except (DatasetError, CheckpointError) as e:
         # bad input: one line, no traceback
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(f"error: {_one_line(e)}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of an error; one raised in a DataLoader worker arrives wrapped in the worker's
+    traceback, whose last line is the original `Class: message`."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def parse_args(argv=None):

@@ -81,6 +81,8 @@ DEFAULTS: Dict[str, Any] = {
     "resume": "auto",               # auto (continue from output_dir/checkpoint-last.pth if any) |
                                     # none | path to a checkpoint
     "export_encoder": True,         # write output_dir/encoder.pth at the end
+    "dist_timeout_s": 1800,         # a collective waiting longer than this (a hung or lost process)
+                                    # fails with one error line instead of hanging the job
 }
 
 # Sections whose keys are not checked here (they are keyword arguments of a builder).
@@ -176,11 +178,15 @@ def validate(cfg: Dict[str, Any]) -> None:
         v = cfg["train"][key]
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"train.{key} must be a positive integer, got {v!r}")
-    if not isinstance(cfg["data"]["img_size"], int) or cfg["data"]["img_size"] % 32:
-        raise ConfigError(f"data.img_size must be a multiple of 32 (the mask unit), got "
+    if not isinstance(cfg["data"]["img_size"], int) or cfg["data"]["img_size"] < 32 or cfg["data"]["img_size"] % 32:
+        raise ConfigError(f"data.img_size must be a positive multiple of 32 (the mask unit), got "
                           f"{cfg['data']['img_size']!r}; use e.g. 224 or 192")
-    if not 0.0 <= float(cfg["mask"]["ratio"]) < 1.0:
-        raise ConfigError(f"mask.ratio must be in [0, 1), got {cfg['mask']['ratio']!r}")
+    r = cfg["mask"]["ratio"]
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0.0 <= r < 1.0:
+        raise ConfigError(f"mask.ratio must be a number in [0, 1), got {r!r}; use e.g. 0.75")
+    t = cfg["dist_timeout_s"]
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or t <= 0:
+        raise ConfigError(f"dist_timeout_s must be a positive number of seconds, got {t!r}")
     if cfg["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     if not isinstance(cfg["model"]["encoder"], dict):

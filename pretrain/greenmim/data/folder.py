@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..config import UserError
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _LAYOUTS = "image files (flat, <class>/<img>, or train/<class>/<img>)"
 
@@ -50,33 +52,48 @@ def find_images(root: str) -> List[str]:
     return sorted(paths)
 
 
+class UnreadableImageError(UserError, ValueError):
+    """An image file that cannot be decoded (strict mode, or no readable image at all)."""
+
+
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+"""What PIL raises for corrupt, truncated, non-image or oversized (decompression bomb) files."""
+
+
 def load_rgb(path: str) -> Image.Image:
-    """Opens an image as 8-bit RGB, whatever its mode.
+    """Opens an image as 8-bit RGB, whatever its mode (see to_rgb).
+
+    Raises:
+        OSError / ValueError / SyntaxError / Image.DecompressionBombError (UNREADABLE): a
+        missing, corrupt, truncated or non-image file, or one above PIL's pixel limit.
+    """
+    with Image.open(path) as img:
+        img.load()  # decode now, inside the caller's error handling, not lazily later
+        return to_rgb(img, path)
+
+
+def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
+    """8-bit RGB from any PIL mode.
 
     Grayscale, palette, CMYK and YCbCr go through PIL's converters; alpha is dropped (as
     torchvision's loader does); 16/32-bit integer and float images are rescaled to 0..255 rather
     than clipped, which would turn most of a 16-bit image white.
-
-    Raises:
-        OSError / ValueError / SyntaxError / Image.DecompressionBombError: unreadable file.
     """
-    with Image.open(path) as img:
-        img.load()  # decode now, inside the caller's error handling, not lazily later
-        if img.mode in ("I", "F") or img.mode.startswith("I;"):
-            arr = np.asarray(img, dtype=np.float64)
-            if not np.isfinite(arr).all():
-                raise ValueError(f"non-finite pixel values in {path}")
-            # 16-bit data uses the full 0..65535 range; only data in 0..255 is kept as is
-            peak = arr.max() if arr.size else 0.0
-            if img.mode == "F" and 0.0 <= arr.min() and peak <= 1.0:
-                arr = arr * 255.0
-            elif peak > 255:
-                arr = arr * (255.0 / (65535.0 if peak <= 65535 else peak))
-            gray = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "L")
-            return gray.convert("RGB")
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")  # PIL warns when converting such palettes straight to RGB
-        return img.convert("RGB")
+    if img.mode in ("I", "F") or img.mode.startswith("I;"):
+        arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"non-finite pixel values in {name}")
+        # 16-bit data uses the full 0..65535 range; only data in 0..255 is kept as is
+        peak = arr.max() if arr.size else 0.0
+        if img.mode == "F" and 0.0 <= arr.min() and peak <= 1.0:
+            arr = arr * 255.0
+        elif peak > 255:
+            arr = arr * (255.0 / (65535.0 if peak <= 65535 else peak))
+        gray = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "L")
+        return gray.convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # PIL warns when converting such palettes straight to RGB
+    return img.convert("RGB")
 
 
 class ImageFolderDataset(Dataset):
@@ -86,9 +103,10 @@ class ImageFolderDataset(Dataset):
         root: folder in one of the layouts of the module docstring.
         transform: callable PIL RGB image -> tensor (e.g. build_pretrain_transform()); None
             returns the PIL image itself.
-        strict: if True, an unreadable image raises ValueError naming it; if False (default) it
-            is skipped with one warning per file and replaced by the next readable image
-            (index+1, index+2, ... wrapping around), so the result stays deterministic.
+        strict: if True, an unreadable image raises UnreadableImageError (a ValueError) naming
+            it; if False (default) it is skipped with one warning per file and replaced by the
+            next readable image (index+1, index+2, ... wrapping around), so the result stays
+            deterministic.
 
     Items are the transformed image alone (e.g. float tensor [3, H, W]); there are no labels.
 
@@ -122,14 +140,19 @@ class ImageFolderDataset(Dataset):
             path = self.samples[i]
             try:
                 img = load_rgb(path)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            except UNREADABLE as e:
+                why = f"{type(e).__name__}: {' '.join(str(e).split())}"
                 if self.strict:
-                    raise ValueError(f"unreadable image {path}: {e}") from e
+                    raise UnreadableImageError(
+                        f"unreadable image {path} ({why}); fix or remove it, or set data.strict=false "
+                        "to skip unreadable images") from None
                 self._bad.add(i)
-                warnings.warn(f"skipping unreadable image {path} ({type(e).__name__}: {e})")
+                warnings.warn(f"skipping unreadable image {path} ({why}); skipped so far in this "
+                              f"process: {len(self._bad)}")
                 continue
             return self.transform(img) if self.transform is not None else img
-        raise ValueError(f"none of the {n} image files under {self.root} could be read")
+        raise UnreadableImageError(f"none of the {n} image files under {self.root} could be read; "
+                                   "check the folder (data.path)")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={self.root!r}, num_images={len(self)}, "

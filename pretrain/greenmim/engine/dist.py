@@ -35,9 +35,14 @@ def _slurm_to_torchrun_env() -> None:
     os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", timeout_s: float = 1800) -> DistInfo:
     """Initialises torch.distributed when launched by torchrun (RANK/WORLD_SIZE set), else returns
-    a single-process DistInfo. device: auto | cpu | cuda."""
+    a single-process DistInfo. device: auto | cpu | cuda.
+
+    timeout_s bounds every collective: when a process hangs (or dies without closing its
+    connections), the others raise after timeout_s instead of waiting forever, and torchrun then
+    stops the job. It must exceed the longest gap between two collectives of a healthy run (rank 0
+    writing a checkpoint while the others wait at the next step); 30 minutes by default."""
     _slurm_to_torchrun_env()
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
@@ -54,7 +59,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://",
                                 rank=rank, world_size=world,
-                                timeout=datetime.timedelta(minutes=30),
+                                timeout=datetime.timedelta(seconds=float(timeout_s)),
                                 device_id=dev if use_cuda else None)
     return DistInfo(rank, world, local, dev)
 

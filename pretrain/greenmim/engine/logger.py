@@ -35,7 +35,9 @@ class TrainLogger:
         if not enabled or output_dir is None:
             return
         os.makedirs(output_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(output_dir, "log.jsonl"), "a", buffering=1)
+        path = os.path.join(output_dir, "log.jsonl")
+        _drop_partial_last_line(path)
+        self.jsonl = open(path, "a", buffering=1)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -91,3 +93,18 @@ class TrainLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def _drop_partial_last_line(path: str) -> None:
+    """A run killed while writing a line leaves it unfinished; appending after it would glue the
+    next record to it and break every JSON-lines reader. Cut the file back to its last newline.
+    (Steps logged after the last checkpoint are logged again on resume; readers keep the later.)"""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)

@@ -4,13 +4,18 @@
     torchrun --nproc_per_node 8 pretrain/main_pretrain.py --config ... data.path=/datasets/imagenet
 
 Problems the user can fix (bad config key, empty data folder, batch size that does not split over
-the processes, diverged loss) end the program with one line `error: ...` and exit status 2.
+the processes, diverged loss or gradients, unreadable checkpoint, disk full) end the program with
+one line `error: ...` and exit status 2. A process that loses the others (one died, or hung past
+`dist_timeout_s`) prints one `error:` line and exits with 3; SIGTERM prints one and exits with 143.
+Checkpoints are atomic, so a kill at any moment loses only the steps since the last one.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -60,7 +65,7 @@ def _vis_batch(dataset, cfg: Dict[str, Any], n: int):
 
 def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Trains as the config says; returns a summary dict (final step, paths). Raises UserError."""
-    info = gdist.init_distributed(cfg["device"])
+    info = gdist.init_distributed(cfg["device"], timeout_s=cfg["dist_timeout_s"])
     try:
         return _run(cfg, info)
     finally:
@@ -94,13 +99,14 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
     try:
         resume_path = _resume_path(cfg)
         if resume_path:
-            c = ckpt.load(resume_path)
+            c = ckpt.load(resume_path)  # weights_only: refuses pickled code, one-line errors
+            _check_resumable(c, resume_path, cfg)
             try:
                 model.load_state_dict(c["model"])
                 optimizer.load_state_dict(c["optimizer"])
             except (RuntimeError, ValueError, KeyError) as e:
                 raise ConfigError(f"checkpoint {resume_path} does not fit this config's model "
-                                  f"({str(e).strip().splitlines()[0][:200]}); use another output_dir "
+                                  f"({_first_error_line(e)}); use another output_dir "
                                   "or resume=none") from None
             if c.get("scaler"):
                 scaler.load_state_dict(c["scaler"])
@@ -129,10 +135,16 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
         bare = ckpt.unwrap(model)
 
         def save(path: str) -> None:
-            if info.is_main:
+            if not info.is_main:
+                return
+            try:
                 ckpt.atomic_save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(),
                                   "scaler": scaler.state_dict(), "state": state.as_dict(),
                                   "rng": ckpt.rng_state(mask_gen), "config": cfg}, path)
+            except ckpt.CheckpointWriteError as e:
+                raise ckpt.CheckpointWriteError(
+                    f"{e} — free disk space (or point output_dir elsewhere), then resume with "
+                    f"resume=auto", e.reason) from None
 
         every_steps = int(cfg["checkpoint"]["every_steps"] or 0)
 
@@ -177,6 +189,36 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
         logger.close()
 
 
+def _first_error_line(e: Exception) -> str:
+    """The informative line of a load_state_dict error (its first line only names the class)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith("Error(s) in loading")]
+    return (useful or lines or [type(e).__name__])[0][:240]
+
+
+def _check_resumable(c: Any, path: str, cfg: Dict[str, Any]) -> None:
+    """One-line errors for a file that is not a training checkpoint, or one of another model."""
+    need = ("model", "optimizer", "state", "rng")
+    missing = [k for k in need if not isinstance(c, dict) or k not in c]
+    if missing:
+        raise ConfigError(f"{path} is not a GreenMIM training checkpoint (no {', '.join(missing)}); "
+                          "resume needs a checkpoint-*.pth written by pretraining — use resume=none "
+                          "to start afresh")
+    old = c.get("config", {}).get("model") if isinstance(c.get("config"), dict) else None
+    if isinstance(old, dict):
+        # what decides the parameter shapes (drop_path_rate and the like may change on resume)
+        def shape_keys(m: Dict[str, Any]) -> Dict[str, Any]:
+            enc = m.get("encoder") or {}
+            out = {k: m.get(k) for k in ("type", "arch", "decoder_dim", "decoder_depth", "decoder_num_heads")}
+            out.update({f"encoder.{k}": enc.get(k) for k in ("embed_dim", "depths", "num_heads", "window_size")})
+            return out
+        a, b = shape_keys(old), shape_keys(cfg["model"])
+        diff = [f"model.{k}: checkpoint {a[k]!r} vs config {b[k]!r}" for k in a if a[k] != b[k]]
+        if diff:
+            raise ConfigError(f"checkpoint {path} is of another architecture ({'; '.join(diff[:3])}); "
+                              "use the config it was trained with, another output_dir, or resume=none")
+
+
 def _resume_path(cfg: Dict[str, Any]) -> Optional[str]:
     r = cfg["resume"]
     if r in (None, False, "", "none"):
@@ -188,7 +230,49 @@ def _resume_path(cfg: Dict[str, Any]) -> Optional[str]:
     return str(r)
 
 
+class Terminated(UserError):
+    """SIGTERM arrived: the scheduler cancelled or preempted the job, or torchrun stops the other
+    processes because one of them failed."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated("stopped by SIGTERM (job cancelled or preempted, or another process of the "
+                     "job failed); checkpoint-last.pth holds the last completed checkpoint — "
+                     "restart with resume=auto")
+
+
+def _quiet_sigterm(in_main_thread: bool) -> None:
+    """This process is already on its way out with its one error line; a SIGTERM arriving now
+    (torchrun stopping the job) must not add a second message or a traceback."""
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of a UserError; one raised in a DataLoader worker arrives wrapped in the
+    worker's traceback, whose last line is the original `Class: message`."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def is_collective_failure(e: BaseException) -> bool:
+    """A failed or timed-out collective: another process died, hung or lost the network."""
+    if isinstance(e, torch.distributed.DistError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out"))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Runs pretraining; exit status 0 done, 2 a user error (one `error:` line), 3 the job lost
+    one of its processes (one `error:` line per surviving process), 143 SIGTERM."""
+    rank = int(os.environ.get("RANK", 0))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         args = parse_args(argv)
         cfg = load_config(args.config, args.overrides)
@@ -197,7 +281,24 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         run(cfg)
         return 0
+    except Terminated as e:
+        _quiet_sigterm(in_main_thread)
+        print(f"error: rank {rank}: {e}", file=sys.stderr, flush=True)
+        return 143
     except UserError as e:
-        if int(os.environ.get("RANK", 0)) == 0:
-            print(f"error: {e}", file=sys.stderr)
+        if rank == 0:
+            print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - only collective failures are handled here
+        if not is_collective_failure(e):
+            raise
+        _quiet_sigterm(in_main_thread)  # torchrun's SIGTERM may follow: one message is enough
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        print(f"error: rank {rank}: lost contact with the other processes ({first}): one of them "
+              f"died or hung longer than dist_timeout_s; checkpoint-last.pth is intact — fix the "
+              f"cause (see the first failing rank's log) and restart with resume=auto",
+              file=sys.stderr, flush=True)
+        return 3
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,4 +1,5 @@
-"""One training epoch: masks drawn once per micro-batch, AMP, accumulation, DDP, NaN guard."""
+"""One training epoch: masks drawn once per micro-batch, AMP, accumulation, DDP, NaN/inf guard
+(loss and gradients)."""
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 from ..config import UserError
 from ..data.masking import MaskGenerator
 from . import dist as gdist
+from . import faults
 from .logger import TrainLogger
 from .optim import set_lr
 
@@ -74,7 +76,8 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     step (periodic checkpoints). Returns True when the epoch finished, False when max_steps hit.
 
     Raises:
-        TrainingError: the loss is NaN or infinite (no optimiser step is taken with it).
+        TrainingError: the loss or the gradient norm is NaN or infinite (no optimiser step is
+            taken with it; with fp16 AMP the GradScaler skips such steps instead).
     """
     sampler = loader.batch_sampler
     sampler.set_epoch(state.epoch, state.epoch_step)
@@ -109,14 +112,29 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         if not last:
             continue
 
-        loss_value = float(gdist.all_reduce_mean(step_loss))
+        # A finite loss can still give NaN/inf gradients (an overflow in backward), and one such
+        # step would poison every weight. DDP has already averaged the gradients, so every rank
+        # sees the same norm and all stop together. Under fp16 AMP the GradScaler does this
+        # itself (it skips the step and lowers the loss scale), so the check is off there.
+        # The loss and the norm come to the host in one transfer: one sync per step, as before.
+        check_grads = not scaler.is_enabled()
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if check_grads else []
+        norm = torch.nn.utils.get_total_norm(grads).to(step_loss) if grads else torch.zeros_like(step_loss)
+        loss_value, raw_norm = torch.stack([gdist.all_reduce_mean(step_loss), norm]).tolist()
         if not math.isfinite(loss_value):
             logger.end_epoch()
             raise TrainingError(
                 f"loss is {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); training "
                 f"stopped before applying it, the last checkpoint is left intact — lower "
                 f"train.blr, set train.clip_grad or use train.amp=bf16, then resume")
-        grad_norm = None
+        if not math.isfinite(raw_norm):
+            logger.end_epoch()
+            raise TrainingError(
+                f"gradient norm is {raw_norm} at step {state.step + 1} (epoch {state.epoch + 1}) with "
+                f"a finite loss {loss_value:.4g}; training stopped before applying it, the last "
+                f"checkpoint is left intact — lower train.blr, set train.clip_grad or use "
+                f"train.amp=bf16, then resume")
+        grad_norm = raw_norm if check_grads else None
         if sc.clip_grad:
             scaler.unscale_(optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), sc.clip_grad))
@@ -144,6 +162,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             logger.log(record, state.step)
         if on_step is not None:
             on_step(state)
+        faults.maybe_fail_step()  # inert unless GREENMIM_FAULT asks for a crash here (tests)
         if sc.max_steps is not None and state.step >= sc.max_steps:
             logger.end_epoch()
             return False

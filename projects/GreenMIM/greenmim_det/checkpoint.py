@@ -1,6 +1,7 @@
 """Loading encoder weights into detectors: format detection, key conversion, checkpointer.
 
-Accepted files (all read with ``torch.load(weights_only=True)``):
+Accepted files (all read with ``torch.load(weights_only=True)``; detectron2 .pkl files with an
+unpickler that only rebuilds numpy arrays, so no file can run code):
   * this project's pretraining checkpoint: {"model": {"encoder.*", decoder keys...}, ...}
   * its encoder export: {"model": encoder state dict}
   * official GreenMIM / SimMIM pretraining checkpoints ("encoder." prefix, mask_token, decoder)
@@ -19,6 +20,7 @@ import collections
 import logging
 import math
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -120,32 +122,57 @@ def _safe_globals() -> list:
 def load_checkpoint_file(path: str, *, trust_pickle: bool = False) -> Any:
     """torch.load(path, weights_only=True) on CPU, with one-line errors for the usual failures.
 
-    trust_pickle=True (tools/convert_checkpoint.py --trust-pickle only) loads with
+    The loading and its messages are greenmim.engine.checkpoint.load's (one implementation for
+    pretraining and detection); this adds the plain-data types other projects pickle next to
+    their weights. trust_pickle=True (tools/convert_checkpoint.py --trust-pickle only) loads with
     weights_only=False: for trusted legacy files that pickle config objects next to the weights.
     """
+    from greenmim.engine.checkpoint import CheckpointLoadError, load
+
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if trust_pickle:
         logger.warning("loading %s with weights_only=False: only do this for files you trust", path)
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - turned into one clear line
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "WeightsUnpickler" in str(e):
-            try:
-                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            except Exception:  # noqa: BLE001 - only for the message
-                unsafe = []
-            allowed = {f"{g.__module__}.{g.__qualname__}" for g in _safe_globals()}
-            unsafe = [u for u in unsafe if u not in allowed] or ["(see torch.load)"]
-            raise CheckpointError(
-                f"{path} holds pickled objects that torch.load(weights_only=True) refuses: "
-                f"{', '.join(unsafe[:5])}; if you trust the file, rewrite it with "
-                f"tools/convert_checkpoint.py --trust-pickle {path} OUT.pth"
-            ) from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}") from None
+        return load(path, map_location="cpu", safe_globals=_safe_globals())
+    except CheckpointLoadError as e:
+        raise CheckpointError(str(e)) from None
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler for detectron2 / Caffe2 model-zoo .pkl files: dicts of numpy arrays and plain
+    Python values. Any other global (a function or class a malicious file would call) is refused
+    before it is looked up, so nothing in the file can run."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+        ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"),
+        ("_codecs", "encode"),  # how Python 2 pickles byte strings (latin1)
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED or (module.startswith("numpy.dtypes") and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def load_pickle_weights(path: str) -> Any:
+    """A .pkl weight file, unpickled with _NumpyOnlyUnpickler; one-line CheckpointError otherwise."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds pickled code or objects beyond numpy arrays ({e}); nothing was executed. "
+            f"If you trust the file, rewrite it with tools/convert_checkpoint.py --trust-pickle {path} OUT.pth"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - one clear line
+        raise CheckpointError(f"cannot read {path} as a pickled weight file ({type(e).__name__}: {e})") from None
 
 
 def _is_tensor_mapping(obj: Any) -> bool:
@@ -372,6 +399,7 @@ def _find_green_encoder(model: nn.Module) -> Tuple[str, nn.Module]:
 
 def _make_checkpointer_class():
     from detectron2.checkpoint import DetectionCheckpointer
+    from greenmim.engine.checkpoint import CheckpointWriteError, atomic_save, atomic_write
 
     class GreenCheckpointer(DetectionCheckpointer):
         """DetectionCheckpointer that also loads pretraining/encoder/Swin checkpoints.
@@ -380,12 +408,50 @@ def _make_checkpointer_class():
         a checkpoint of this very detector), the encoder is converted with
         `convert_encoder_state_dict` and loaded into the model's GreenSwinBackbone; the rest of
         the detector keeps its initialisation, and one summary line is logged. Detector
-        checkpoints (training snapshots, model_final.pth) and .pkl files load as detectron2 does.
+        checkpoints (training snapshots, model_final.pth) and .pkl files load as detectron2 does,
+        except that nothing is unpickled beyond numpy arrays; snapshots are saved atomically.
         """
+
+        def save(self, name: str, **kwargs: Any) -> None:
+            """fvcore's save, made crash-safe: the snapshot and the `last_checkpoint` tag are each
+            written to a temporary file, fsynced and renamed (greenmim.engine.checkpoint.
+            atomic_write), and the tag is renamed only after the snapshot is complete, so a
+            kill at any moment leaves --resume a complete checkpoint to continue from."""
+            if not self.save_dir or not self.save_to_disk:
+                return
+            data = {"model": self.model.state_dict()}
+            for key, obj in self.checkpointables.items():
+                data[key] = obj.state_dict()
+            data.update(kwargs)
+            basename = f"{name}.pth"
+            save_file = os.path.join(self.save_dir, basename)
+            self.logger.info("Saving checkpoint to %s", save_file)
+            try:
+                atomic_save(data, save_file)
+                self.tag_last_checkpoint(basename)
+            except CheckpointWriteError as e:
+                last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+                kept = (f"the last complete snapshot {os.path.basename(last)} is intact" if last
+                        else "no earlier snapshot exists")
+                raise CheckpointError(
+                    f"cannot write {save_file}: {e.reason}; {kept} — free disk space (or point "
+                    f"train.output_dir elsewhere), then continue with --resume") from None
+
+        def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+            atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                         lambda f: f.write(last_filename_basename.encode()), inject_faults=False)
 
         def _load_file(self, filename: str) -> Dict[str, Any]:
             if filename.endswith(".pkl"):
-                return super()._load_file(filename)
+                # detectron2 would pickle.load it (arbitrary code); read numpy arrays only
+                data = load_pickle_weights(filename)
+                if not isinstance(data, dict):
+                    raise CheckpointError(f"{filename} is not a weight file (a pickled {type(data).__name__})")
+                if "model" in data and "__author__" in data:
+                    return data
+                data = data.get("blobs", data)
+                data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+                return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
             obj = load_checkpoint_file(filename)
             try:
                 sd = extract_state_dict(obj, filename)

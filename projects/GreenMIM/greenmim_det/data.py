@@ -8,17 +8,25 @@ image folder is registered on the fly when a config passes ``json_file`` and ``i
     dataloader.train.dataset.json_file=/data/my/annotations/train.json
     dataloader.train.dataset.image_root=/data/my/train
 
-Errors (missing or malformed json, unknown dataset name, empty dataset) are raised as
-`DatasetError` whose message is a single line that names the dataset, the file and the fix.
+Errors (missing or malformed json, entries without required fields, unknown category ids,
+unknown dataset name, empty dataset) are raised as `DatasetError` whose message is a single line
+that names the dataset, the file and the fix. Recoverable problems are skipped and counted in one
+warning line per dataset: annotations with an empty box (w or h <= 0), images whose file is
+absent; detectron2 itself drops (and counts) instances whose polygons are all broken (< 3 points).
+Reading the images themselves robustly is greenmim_det.mapper's job.
 """
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from typing import Dict, List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.datasets import register_coco_instances
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DatasetError",
@@ -70,6 +78,39 @@ def check_coco_json(json_file: str, name: str = "") -> None:
     missing = [k for k in _COCO_KEYS if not isinstance(data.get(k), list)]
     if missing:
         raise DatasetError(f"{label}malformed COCO json {json_file}: missing or non-list keys {missing}")
+    _check_entries(data, f"{label}COCO json {json_file}")
+
+
+_REQUIRED = {
+    "images": ("id", "file_name", "height", "width"),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+    "categories": ("id", "name"),
+}
+
+
+def _check_entries(data: dict, where: str) -> None:
+    """Required fields of every entry, 4-number boxes, category ids that exist; one line each."""
+    for section, fields in _REQUIRED.items():
+        for i, entry in enumerate(data[section]):
+            lacking = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if lacking:
+                ident = entry.get("id", f"#{i}") if isinstance(entry, dict) else f"#{i}"
+                n = sum(1 for e in data[section] if not isinstance(e, dict) or any(f not in e for f in fields))
+                raise DatasetError(
+                    f"{where}: {n} {section} entries lack required fields, e.g. {section[:-1]} {ident} "
+                    f"has no {lacking}; every {section[:-1]} needs {list(fields)}")
+    cat_ids = {c["id"] for c in data["categories"]}
+    for a in data["annotations"]:
+        box = a["bbox"]
+        if not (isinstance(box, (list, tuple)) and len(box) == 4
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
+            raise DatasetError(f"{where}: annotation {a['id']} has bbox {box!r}; a bbox is 4 finite numbers "
+                               "[x, y, width, height]")
+        if a["category_id"] not in cat_ids:
+            raise DatasetError(
+                f"{where}: annotation {a['id']} (image {a['image_id']}) has category_id {a['category_id']}, "
+                f"which is not among the categories' ids {sorted(cat_ids)[:10]}; fix the annotation or add "
+                "the category")
 
 
 def register_coco_dataset(name: str, json_file: str, image_root: str, *, check: bool = True) -> str:
@@ -137,9 +178,53 @@ def get_coco_dataset_dicts(
         raise DatasetError(
             f"cannot load dataset {name_list} from {files}: {type(e).__name__}: {_one_line(e)}"
         ) from None
+    dicts = _drop_absent_images(dicts, name_list)
+    dicts = _drop_empty_boxes(dicts, name_list, filter_empty)
     if not dicts:
         raise DatasetError(f"dataset {name_list} has no usable images (filter_empty={filter_empty})")
     return dicts
+
+
+def _drop_absent_images(dicts: List[Dict], names: List[str]) -> List[Dict]:
+    """Images whose file does not exist are dropped with one warning (all absent: an error)."""
+    absent = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
+    if not absent:
+        return dicts
+    if len(absent) == len(dicts):
+        raise DatasetError(f"dataset {names}: none of its {len(dicts)} image files exist (e.g. {absent[0]}); "
+                           "check image_root")
+    logger.warning("dataset %s: skipped %d of %d images whose file is absent (e.g. %s); restore them or "
+                   "remove them from the json", names, len(absent), len(dicts), absent[0])
+    gone = set(absent)
+    return [d for d in dicts if d["file_name"] not in gone]
+
+
+def _drop_empty_boxes(dicts: List[Dict], names: List[str], filter_empty: bool) -> List[Dict]:
+    """Annotations whose box has no area (w or h <= 0) would give NaN box-regression targets;
+    they are dropped with one warning, and images left without annotations follow filter_empty."""
+    from detectron2.structures import BoxMode
+
+    dropped, example, out = 0, None, []
+    for d in dicts:
+        anns = d.get("annotations")
+        if anns:
+            keep = []
+            for a in anns:
+                x0, y0, x1, y1 = BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                if x1 - x0 > 0 and y1 - y0 > 0:
+                    keep.append(a)
+                else:
+                    dropped += 1
+                    example = example or os.path.basename(d["file_name"])
+            if len(keep) != len(anns):
+                d = dict(d, annotations=keep)
+                if filter_empty and not any(not a.get("iscrowd", 0) for a in keep):
+                    continue
+        out.append(d)
+    if dropped:
+        logger.warning("dataset %s: skipped %d annotations with an empty box (width or height <= 0; e.g. "
+                       "in %s)", names, dropped, example)
+    return out
 
 
 def dataset_thing_classes(name: str) -> Optional[List[str]]:

@@ -6,14 +6,17 @@ Any other COCO-format json + image folder through overrides, e.g.
     dataloader.train.dataset.image_root=/data/shapes/train
     (the same for dataloader.test.dataset; the evaluator follows the test set)
     model.roi_heads.num_classes=5
+The mapper is detectron2's DatasetMapper made robust (greenmim_det.mapper.GreenDatasetMapper): any
+image mode, and unreadable training images skipped with a warning.
 """
 from omegaconf import OmegaConf
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 
 from greenmim_det.data import get_coco_dataset_dicts
+from greenmim_det.mapper import GreenDatasetMapper
 from greenmim_det.evaluation import GreenCOCOEvaluator
 
 # 1x: single scale. 3x configs swap in `multi_scale_train_augmentations`.
@@ -36,7 +39,7 @@ dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_coco_dataset_dicts)(
         names="coco_2017_train", json_file=None, image_root=None, filter_empty=True
     ),
-    mapper=L(DatasetMapper)(
+    mapper=L(GreenDatasetMapper)(
         is_train=True,
         augmentations=single_scale_train_augmentations,
         image_format="RGB",
@@ -50,7 +53,7 @@ dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_coco_dataset_dicts)(
         names="coco_2017_val", json_file=None, image_root=None, filter_empty=False
     ),
-    mapper=L(DatasetMapper)(
+    mapper=L(GreenDatasetMapper)(
         is_train=False,
         augmentations=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)],
         image_format="${...train.mapper.image_format}",
