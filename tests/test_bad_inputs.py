@@ -237,6 +237,8 @@ CHECKPOINTS = {  # (loader, file kind) -> expected text in the one error line
     ("export_encoder", "garbage"): "not a PyTorch file", ("export_encoder", "not_training"): "not a GreenMIM",
     ("convert_checkpoint", "truncated"): "truncated", ("convert_checkpoint", "other_arch"): "is not a state dict",
     ("detectron2", "garbage"): "not a PyTorch file", ("detectron2", "empty"): "truncated",
+    ("visualize_reconstruction", "garbage"): "not a PyTorch file",
+    ("visualize_reconstruction", "not_training"): "not a GreenMIM training checkpoint",
 }
 
 
@@ -250,6 +252,8 @@ def test_checkpoint_files(loader, kind, tmp_path, capsys):
     else:
         if loader == "resume":
             code = pretrain_main(["--config", TINY_CFG, *tiny_overrides(str(tmp_path / "o"), f"resume={path}")])
+        elif loader == "visualize_reconstruction":
+            code = _load_tool(loader).main([path, "--out", str(tmp_path / "rec.png")])
         else:
             code = _load_tool(loader).main([path, str(tmp_path / "out.pth")])
         lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("error")]
@@ -288,3 +292,10 @@ def test_detectron2_unknown_config_keys(override, expected, tmp_path):
     with pytest.raises(SystemExit) as err:
         train_net.main(args)
     assert str(err.value).startswith("error: ") and expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_reconstruction_figure_mask_ratio_out_of_range(tmp_path, capsys):
+    path = _file(tmp_path, "garbage")  # the ratio is checked before the file is read
+    code = _load_tool("visualize_reconstruction").main([path, "--mask-ratio", "1.5", "--out", str(tmp_path / "r.png")])
+    lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("error")]
+    assert code == 2 and len(lines) == 1 and "--mask-ratio must be in (0, 1), got 1.5" in lines[0]

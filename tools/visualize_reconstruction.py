@@ -43,7 +43,12 @@ def main(argv=None) -> int:
     try:
         if not os.path.isfile(args.checkpoint):
             raise UserError(f"checkpoint {args.checkpoint} does not exist")
+        if args.mask_ratio is not None and not 0.0 < args.mask_ratio < 1.0:
+            raise UserError(f"--mask-ratio must be in (0, 1), got {args.mask_ratio}; use e.g. 0.75")
         state = ckpt.load(args.checkpoint)
+        if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
+            raise UserError(f"{args.checkpoint} is not a GreenMIM training checkpoint (it needs 'model' and "
+                            "'config'; an exported encoder.pth cannot be drawn); pass output_dir/checkpoint-last.pth")
         cfg = state["config"]
         if args.data_path:
             cfg["data"]["path"] = args.data_path
