@@ -272,6 +272,7 @@ COCO_STUB = {"train_json": "", "train_images": "", "val_json": "", "val_images":
     ("mask.ratio=1.0", "mask.ratio must be a number in [0, 1)"),
     ("mask.ratio=-0.1", "mask.ratio must be a number in [0, 1)"),
     ("mask.ratio=high", "mask.ratio must be a number in [0, 1)"),
+    ("train.blr=fast", "train.blr must be a non-negative number"),
     ("dist_timeout_s=0", "dist_timeout_s must be a positive number"),
 ])
 def test_pretraining_config_values(override, expected, tmp_path, capsys):

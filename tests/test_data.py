@@ -233,3 +233,11 @@ def test_pretrain_transform_normalises():
     mean = torch.tensor([0.485, 0.456, 0.406])
     std = torch.tensor([0.229, 0.224, 0.225])
     assert torch.allclose(x[:, 0, 0], (1 - mean) / std, atol=1e-4)
+
+
+def test_config_reads_exponent_floats_as_numbers():
+    """PyYAML (YAML 1.1) would read `5e-3` as a string; configs and overrides must not."""
+    from greenmim.config import load_config, parse_override
+
+    assert parse_override("train.blr=5e-3") == {"train": {"blr": 0.005}}
+    assert load_config(None, ["train.blr=1e-4"])["train"]["blr"] == 1e-4

@@ -9,6 +9,7 @@ strings), saved in checkpoints and loadable with torch.load(weights_only=True).
 from __future__ import annotations
 
 import copy
+import re
 import os
 from typing import Any, Dict, Iterable, Optional
 
@@ -113,7 +114,7 @@ def _read_yaml(path: str, seen: Iterable[str] = ()) -> Dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist; pass --config configs/pretrain/<name>.yaml")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = _yaml_load(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -136,6 +137,26 @@ def _deep_update(dst: Dict[str, Any], src: Dict[str, Any]) -> None:
             dst[k] = copy.deepcopy(v)
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads 1e-4 / 5E3 as floats: PyYAML follows YAML 1.1, where a float
+    needs a dot, so `blr: 5e-3` would otherwise silently become the string '5e-3'."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text_or_file: Any) -> Any:
+    return yaml.load(text_or_file, Loader=_Loader)
+
+
 def parse_override(text: str) -> Dict[str, Any]:
     """'a.b.c=value' -> {'a': {'b': {'c': value}}}, value parsed as YAML (1e-4, [2,2], true, null)."""
     if "=" not in text:
@@ -145,7 +166,7 @@ def parse_override(text: str) -> Dict[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key; write e.g. train.blr=1e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     out: Dict[str, Any] = {}
@@ -184,6 +205,10 @@ def validate(cfg: Dict[str, Any]) -> None:
     r = cfg["mask"]["ratio"]
     if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0.0 <= r < 1.0:
         raise ConfigError(f"mask.ratio must be a number in [0, 1), got {r!r}; use e.g. 0.75")
+    for key in ("blr", "weight_decay"):
+        v = cfg["train"].get(key)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+            raise ConfigError(f"train.{key} must be a non-negative number, got {v!r}; use e.g. train.{key}=1.5e-4")
     t = cfg["dist_timeout_s"]
     if not isinstance(t, (int, float)) or isinstance(t, bool) or t <= 0:
         raise ConfigError(f"dist_timeout_s must be a positive number of seconds, got {t!r}")
