@@ -30,3 +30,10 @@ def build_encoder(arch: str, **overrides):
     if arch not in _BUILDERS:
         raise ValueError(f"unknown encoder '{arch}'; choose one of {', '.join(list_encoders())}")
     return _BUILDERS[arch](**{**_DEFAULTS[arch], **overrides})
+
+
+# Twins-SVT (issue #7): registered here so `build_encoder("twins_svt_base")` works like the Swin names.
+from .twins import TWINS_ARCHS, GreenTwinsSVT  # noqa: E402  (after register_encoder exists)
+
+for _name, _defaults in TWINS_ARCHS.items():
+    register_encoder(_name, GreenTwinsSVT, _defaults)

@@ -1,4 +1,5 @@
-"""Detectron2 backbones around the Green Swin encoder's dense path.
+"""Detectron2 backbones around the Green Swin encoder's dense path (and any other greenmim encoder
+with the same contract: `arch="twins_svt_base"` etc. gives Green Twins-SVT, see twins.py).
 
 `GreenSwinBackbone` wraps `greenmim.build_encoder(arch, ...)` and exposes the four stage outputs
 as res2..res5 (strides 4/8/16/32), each passed through its own LayerNorm: the encoder returns the
@@ -44,7 +45,8 @@ class GreenSwinBackbone(Backbone):
     in ``out_features`` (a subset of res2..res5).
 
     Args:
-        arch: encoder name for ``greenmim.build_encoder`` (swin_tiny/small/base/large).
+        arch: encoder name for ``greenmim.build_encoder`` (swin_tiny/small/base/large,
+            twins_svt_small/base/large).
         out_features: stage outputs to return, in order. The encoder always runs all four stages;
             leaving out res5 leaves its parameters unused (DDP then needs find_unused_parameters).
         frozen_stages: -1 trains everything; 0 freezes the patch embedding; k >= 1 also freezes
@@ -118,6 +120,10 @@ class GreenSwinBackbone(Backbone):
 
     # ------------------------------------------------------------------ freezing
     def _frozen_modules(self) -> List[nn.Module]:
+        if hasattr(self.encoder, "frozen_modules"):  # encoders with their own stage layout (Twins)
+            modules = list(self.encoder.frozen_modules(self.frozen_stages))
+            return modules + [self.out_norms[STAGE_NAMES[i]] for i in range(max(self.frozen_stages, 0))
+                              if STAGE_NAMES[i] in self.out_norms]
         modules: List[nn.Module] = []
         if self.frozen_stages >= 0:
             modules.append(self.encoder.patch_embed)

@@ -10,7 +10,7 @@ unpickler that only rebuilds numpy arrays, so no file can run code):
   * a bare encoder state dict, or any of the above under "state_dict" / "module" / DDP "module."
 
 The encoder is found by its patch embedding: the prefix in front of ``patch_embed.proj.weight``
-is the encoder prefix, whatever it is ("encoder.", "backbone.bottom_up.encoder.", "").
+(Swin) or ``patch_embeds.0.proj.weight`` (Twins-SVT, timm / official names) is the encoder prefix, whatever it is ("encoder.", "backbone.bottom_up.encoder.", "").
 Everything outside it (decoders, heads, mask tokens) is dropped and counted, never loaded.
 """
 from __future__ import annotations
@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 _PATCH_EMBED_KEY = "patch_embed.proj.weight"
+_TWINS_PATCH_EMBED_KEY = "patch_embeds.0.proj.weight"
+_ENCODER_ROOTS = ("layers.", "patch_embed.", "patch_embeds.", "blocks.", "pos_block.")  # encoder-layout keys
 _BIAS_TABLE = "relative_position_bias_table"
 # encoder entries that are never loaded: rebuilt buffers, and pretraining/classification extras
 _REBUILT_BUFFERS = ("attn_mask", "relative_position_index", "relative_coords_table")
@@ -53,6 +55,11 @@ _KNOWN_ARCHS = {  # (embed_dim, depths) -> name, for error messages only
     (96, (2, 2, 18, 2)): "swin_small",
     (128, (2, 2, 18, 2)): "swin_base",
     (192, (2, 2, 18, 2)): "swin_large",
+}
+_KNOWN_TWINS = {
+    (64, (2, 2, 10, 4)): "twins_svt_small",
+    (96, (2, 2, 18, 2)): "twins_svt_base",
+    (128, (2, 2, 18, 2)): "twins_svt_large",
 }
 
 
@@ -200,8 +207,9 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.
 
 
 def find_encoder_prefix(keys) -> Optional[str]:
-    """Prefix in front of patch_embed.proj.weight ("" for a bare encoder), None if absent."""
-    prefixes = [k[: -len(_PATCH_EMBED_KEY)] for k in keys if k.endswith(_PATCH_EMBED_KEY)]
+    """Prefix in front of the patch embedding weight ("" for a bare encoder), None if absent."""
+    prefixes = [k[: -len(key)] for k in keys for key in (_PATCH_EMBED_KEY, _TWINS_PATCH_EMBED_KEY)
+                if k.endswith(key) and (len(k) == len(key) or k[-len(key) - 1] == ".")]
     if not prefixes:
         return None
     # the shortest one: e.g. "encoder." rather than a nested "teacher.encoder." in odd files
@@ -253,6 +261,8 @@ def resize_relative_position_bias_table(table: torch.Tensor, window_size: int) -
 
 def describe_encoder_arch(sd: Mapping[str, torch.Tensor]) -> str:
     """"swin_base (embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window=7)"."""
+    if _TWINS_PATCH_EMBED_KEY in sd:
+        return _describe_twins(sd)
     w = sd.get(_PATCH_EMBED_KEY)
     embed_dim = int(w.shape[0]) if w is not None else None
     blocks: Dict[int, set] = collections.defaultdict(set)
@@ -274,6 +284,19 @@ def describe_encoder_arch(sd: Mapping[str, torch.Tensor]) -> str:
     num_heads = [heads.get(i) for i in sorted(blocks)]
     name = _KNOWN_ARCHS.get((embed_dim, tuple(depths)), "custom swin")
     return f"{name} (embed_dim={embed_dim}, depths={depths}, num_heads={num_heads}, window={window})"
+
+
+def _describe_twins(sd: Mapping[str, torch.Tensor]) -> str:
+    """"twins_svt_base (embed_dims=[96, 192, 384, 768], depths=[2, 2, 18, 2])"."""
+    dims = [int(sd[f"patch_embeds.{i}.proj.weight"].shape[0]) for i in range(4) if f"patch_embeds.{i}.proj.weight" in sd]
+    blocks: Dict[int, set] = collections.defaultdict(set)
+    for k in sd:
+        m = re.match(r"blocks\.(\d+)\.(\d+)\.", k)
+        if m:
+            blocks[int(m.group(1))].add(int(m.group(2)))
+    depths = [len(blocks[i]) for i in sorted(blocks)]
+    name = _KNOWN_TWINS.get((dims[0] if dims else None, tuple(depths)), "custom twins")
+    return f"{name} (embed_dims={dims}, depths={depths})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +328,8 @@ def convert_encoder_state_dict(
     prefix = find_encoder_prefix(sd)
     if prefix is None:
         raise CheckpointError(
-            f"{source or 'checkpoint'} holds no Swin encoder (no '*{_PATCH_EMBED_KEY}' among "
+            f"{source or 'checkpoint'} holds no Swin or Twins encoder (no '*{_PATCH_EMBED_KEY}' or "
+            f"'*{_TWINS_PATCH_EMBED_KEY}' among "
             f"{len(sd)} tensors, e.g. {sorted(sd)[:3]})"
         )
     report = ConversionReport(source=source, prefix=prefix)
@@ -358,7 +382,7 @@ def _match_target(encoder, target, report, dropped, source, strict):
             continue
         out[name] = value
     report.missing = [k for k in target if k not in encoder and _drop_reason(k) is None]
-    encoder_layout = [k for k in report.unexpected if k.startswith(("layers.", "patch_embed."))]
+    encoder_layout = [k for k in report.unexpected if k.startswith(_ENCODER_ROOTS)]
     if strict and (mismatched or report.missing or encoder_layout):
         details = []
         if mismatched:

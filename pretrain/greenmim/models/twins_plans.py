@@ -1,0 +1,104 @@
+"""Stage contexts of Green Twins-SVT: where a stage's tokens are, and how each layout attends/convolves.
+
+A Twins block asks its stage context for these:
+
+    ctx.window                       LSA window size (the plans index a (2w-1)^2 bias table)
+    ctx.local_attention(qkv, table, heads)  qkv [..., 3C] -> [..., C], attention inside windows
+    ctx.subsample(x, conv)           kernel = stride conv for GSA's keys/values -> [B, M, C]
+    ctx.key_bias                     None or additive [B, 1, 1, M] mask over GSA's keys
+    ctx.depthwise(x, conv)           the PEG's depthwise 3x3 conv (same shape as x)
+
+`DenseStage` works on full grids x [B, H, W, C] (detection, SimMIM, and, given a token mask, the
+masked reference that the sparse path must equal). `SparseStage` works on the visible tokens
+x [B, N, C]: LSA through the same Group Window Attention plan as Swin (window_plans.GroupPlan,
+no shift), convolutions through sparse_conv. Both are built once per stage and step.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .sparse_conv import (SparseSites, StridedConvPlan, depthwise_conv3x3, recompute_in_backward,
+                          strided_conv)
+from .window_plans import WindowPlan
+
+
+@functools.lru_cache(maxsize=64)  # detection sees a handful of padded sizes: build each once
+def _window_plan(height: int, width: int, window: int, device: torch.device) -> WindowPlan:
+    return WindowPlan.build(height, width, window, 0, None, device)
+
+
+@dataclass
+class DenseStage:
+    """Full grid [B, H, W, C]. With `token_mask` (bool [B, H, W], True = masked) it is the masked
+    reference: masked tokens leave LSA's keys, masked key/value cells leave GSA's keys
+    (`kv_mask` bool [B, M]) and the PEG sees masked tokens as zeros. Windows that overhang the
+    grid are padded and the padding is masked out of the keys (the Twins authors' "mask" variant;
+    timm pads with zeros that do take part, which differs only when a grid is not a multiple of
+    the window: never at 224 or 448 px)."""
+    window: int
+    plan: WindowPlan
+    key_bias: Optional[torch.Tensor] = None
+    visible: Optional[torch.Tensor] = None   # [B, H, W, 1] 1 = visible, for the PEG
+
+    @classmethod
+    def build(cls, height: int, width: int, window: int, device,
+              token_mask: Optional[torch.Tensor] = None,
+              kv_mask: Optional[torch.Tensor] = None) -> "DenseStage":
+        if token_mask is None:
+            return cls(window, _window_plan(height, width, window, device))
+        plan = WindowPlan.build(height, width, window, 0, token_mask, device)
+        key_bias = torch.zeros(kv_mask.shape, device=device).masked_fill(kv_mask.to(device), float("-inf"))
+        visible = (~token_mask).to(device).unsqueeze(-1)
+        return cls(window, plan, key_bias[:, None, None, :], visible)
+
+    def local_attention(self, qkv: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
+        return self.plan.attention(qkv, table, num_heads)
+
+    def subsample(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        """x [B, H, W, C] -> [B, (H/k)*(W/k), C_out], row-major."""
+        return conv(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+
+    def depthwise(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        if self.visible is not None:
+            x = x * self.visible.to(x.dtype)
+        return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+@dataclass
+class SparseStage:
+    """Visible tokens [B, N, C] of one stage, row-major per sample.
+
+    group_plan: window_plans.GroupPlan (or RaggedPlan) of the stage's windows, shift 0.
+    kv_plan: the GSA sub-sampling conv from this stage's sites to the key/value sites (None: sr = 1).
+    sites: this stage's visible sites, for the PEG.
+    backend: sparse_conv backend ("auto", "spconv", "torch").
+    """
+    window: int
+    group_plan: object
+    kv_plan: Optional[StridedConvPlan]
+    sites: SparseSites
+    backend: str = "auto"
+    key_bias: Optional[torch.Tensor] = None  # every key/value cell of a visible token is visible
+
+    def local_attention(self, qkv: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
+        return self.group_plan.attention(qkv, table, num_heads)
+
+    def subsample(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        return recompute_in_backward(strided_conv, x, conv, self.kv_plan, self.backend)
+
+    def depthwise(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        return recompute_in_backward(depthwise_conv3x3, x, conv, self.sites, self.backend)
+
+
+def dense_kv_mask(unit_mask: torch.Tensor, cells_per_unit: int) -> torch.Tensor:
+    """unit mask bool [B, Hu, Wu] -> [B, M] mask of the key/value cells (cells_per_unit^2 per unit)."""
+    m = unit_mask.repeat_interleave(cells_per_unit, 1).repeat_interleave(cells_per_unit, 2)
+    return m.flatten(1)
+
+
+__all__ = ["DenseStage", "SparseStage", "dense_kv_mask"]
