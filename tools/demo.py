@@ -9,7 +9,7 @@
 Stages (each runs one of the repository's command-line tools; the command is printed and its
 full output goes to <output>/logs/<stage>.log):
 
-    1 data            tools/make_synthetic_coco.py      COCO-format shapes, 300 train / 60 val, 256 px
+    1 data            tools/make_synthetic_coco.py      COCO-format shapes, 300 train / 60 val, 192 px
     2 pretrain        pretrain/main_pretrain.py         green MIM of a small Swin on the train images
     3 export          tools/export_encoder.py           encoder weights in the Swin layout
     4 finetune        tools/train_net.py                Mask R-CNN from that encoder (evaluates at the end)
@@ -46,7 +46,7 @@ DETECTION_CONFIG = os.path.join(ROOT, "configs", "demo", "mask_rcnn_green_swin_d
 TRAIN_NAME, VAL_NAME = "greenmim_demo_train", "greenmim_demo_val"
 
 # The demo's default sizes. --quick swaps in QUICK: the same pipeline on a toy model and toy data.
-FULL = dict(num_train=300, num_val=60, img_size=256, pretrain_epochs=12, finetune_iters=500,
+FULL = dict(num_train=300, num_val=60, img_size=192, pretrain_epochs=20, finetune_iters=1000,
             batch_size=4, vis_images=8, rec_images=6, pretrain_overrides=[], detection_overrides=[])
 QUICK = dict(
     num_train=16, num_val=4, img_size=128, pretrain_epochs=1, finetune_iters=8, batch_size=2,
@@ -109,9 +109,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g = p.add_argument_group("sizes (default: the demo's, or the --quick ones)")
     g.add_argument("--num-train", type=int, help="training images (300)")
     g.add_argument("--num-val", type=int, help="validation images (60)")
-    g.add_argument("--img-size", type=int, help="image side in px, multiple of 32 (256)")
-    g.add_argument("--pretrain-epochs", type=int, help="pretraining epochs over the train images (12)")
-    g.add_argument("--finetune-iters", type=int, help="Mask R-CNN iterations (500)")
+    g.add_argument("--img-size", type=int, help="image side in px, multiple of 32 (192)")
+    g.add_argument("--pretrain-epochs", type=int, help="pretraining epochs over the train images (20)")
+    g.add_argument("--finetune-iters", type=int, help="Mask R-CNN iterations (1000)")
     g.add_argument("--batch-size", type=int, help="Mask R-CNN images per iteration (4)")
     g.add_argument("--seed", type=int, default=0, help="dataset and training seed")
     return p.parse_args(argv)
