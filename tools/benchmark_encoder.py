@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
 import greenmim
+from benchmark_timing import interleave, sync  # noqa: F401  (sync: used by callers of step)
 from step_memory import run_in_subprocess, step_peak_mb
 from greenmim.data.masking import MaskGenerator
 
@@ -40,6 +39,11 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--attn-mode", default="auto", choices=["auto", "group", "ragged"])
+    p.add_argument("--encoder-kwargs", default="{}", help="extra build_encoder overrides as JSON "
+                   "(e.g. '{\"embed_dim\": 32, \"depths\": [1,1,1,1]}' for a quick check)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the encoder (backend: inductor, or e.g. eager to check tracing only)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--memory-only", choices=["dense", "green"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -47,8 +51,12 @@ def parse_args(argv=None):
 
 def build(args):
     device = torch.device(args.device)
-    enc = greenmim.build_encoder(args.arch, img_size=args.img_size, window_size=args.window_size,
-                                 attn_mode=args.attn_mode).to(device)
+    overrides = dict(img_size=args.img_size, attn_mode=args.attn_mode, **json.loads(args.encoder_kwargs))
+    if args.arch.startswith("swin"):
+        overrides.setdefault("window_size", args.window_size)
+    enc = greenmim.build_encoder(args.arch, **overrides).to(device)
+    if args.compile:
+        enc = torch.compile(enc, backend=args.compile)
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     masks = MaskGenerator(args.img_size, args.mask_ratio, shared=not args.per_sample_mask, seed=0)
     return enc, images, masks
@@ -64,24 +72,13 @@ def step(enc, images, mask, amp: bool):
     enc.zero_grad(set_to_none=False)
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_both(args, enc, images, masks):
-    device = images.device
-    times = {"dense": [], "green": []}
-    for it in range(args.warmup + args.iters):
-        for name in ("dense", "green"):
-            mask = None if name == "dense" else masks(args.batch_size)
-            sync(device)
-            t0 = time.perf_counter()
-            step(enc, images, mask, args.amp)
-            sync(device)
-            if it >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds of dense and green steps, alternated (benchmark_timing.interleave).
+    The green step draws a fresh mask every time, so its planning is timed too."""
+    steps = {"dense": lambda: step(enc, images, None, args.amp),
+             "green": lambda: step(enc, images, masks(args.batch_size), args.amp)}
+    t = interleave(steps, args.iters, args.warmup, images.device)
+    return {k: v["s"] for k, v in t.items()}
 
 
 def peak_memory_mb(args, variant: str) -> float:
@@ -91,7 +88,13 @@ def peak_memory_mb(args, variant: str) -> float:
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", variant,
            "--arch", args.arch, "--img-size", str(args.img_size), "--window-size", str(args.window_size),
            "--batch-size", str(args.batch_size), "--mask-ratio", str(args.mask_ratio), "--device", "cpu",
-           "--attn-mode", args.attn_mode]
+           "--attn-mode", args.attn_mode, "--encoder-kwargs", args.encoder_kwargs]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.compile:
+        cmd += ["--compile", args.compile]
+    if args.amp:
+        cmd.append("--amp")
     if args.per_sample_mask:
         cmd.append("--per-sample-mask")
     return run_in_subprocess(cmd)
@@ -105,6 +108,8 @@ def memory_child(args, variant: str) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_only:
         return print(memory_child(args, args.memory_only))
     torch.manual_seed(0)

@@ -14,8 +14,9 @@ Timing alternates the two variants in one process and reports medians (robust on
 Peak memory, per variant, the method of tools/step_memory.py (shared with benchmark_encoder.py): on CUDA
 torch.cuda.max_memory_allocated during a step minus the memory allocated before it; on the CPU
 each variant runs in its own subprocess and reports its peak RSS during a step minus its RSS
-before it. The subprocess runs one step first, so model, optimiser state, inputs and libraries
-are all in the baseline and only what the step itself needs is counted. (On Linux the peak is
+before it. The subprocess runs one step first, so model, gradient buffers (kept and zeroed in
+place, as benchmark_encoder.py does), optimiser state, inputs and libraries are all in the baseline
+and only what the step's computation needs is counted. (On Linux the peak is
 reset with /proc/self/clear_refs and glibc's mmap threshold is pinned, so that memory freed by
 the first step is returned to the system and not hidden in the baseline.)
 
@@ -29,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -42,6 +42,7 @@ except ModuleNotFoundError as e:  # running from a checkout without `pip install
     import greenmim
 
 import torch
+from benchmark_timing import interleave, sync
 from step_memory import run_in_subprocess, step_peak_mb
 
 from greenmim.data.masking import MaskGenerator
@@ -71,6 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the model (both variants) (backend: inductor, or e.g. eager to check tracing only)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--memory-only", choices=VARIANTS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -84,8 +87,10 @@ def build(args, variant: str):
     """Model, AdamW (paper's groups), images, mask generator of one variant, all seeded."""
     device = torch.device(args.device)
     torch.manual_seed(0)
-    enc = greenmim.build_encoder(args.arch, img_size=args.img_size, window_size=args.window_size,
-                                 **json.loads(args.encoder_kwargs))
+    overrides = dict(img_size=args.img_size, **json.loads(args.encoder_kwargs))
+    if args.arch.startswith("swin"):
+        overrides.setdefault("window_size", args.window_size)
+    enc = greenmim.build_encoder(args.arch, **overrides)
     if variant == "green":
         model = GreenMIM(enc, img_size=args.img_size, decoder_dim=args.decoder_dim,
                          decoder_depth=args.decoder_depth, decoder_num_heads=args.decoder_heads)
@@ -93,18 +98,16 @@ def build(args, variant: str):
         model = SimMIM(enc)
     model.to(device)
     opt = build_optimizer(model, lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
+    if getattr(args, "compile", None):
+        model = torch.compile(model, backend=args.compile)  # the optimiser holds the same parameters
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     masks = MaskGenerator(args.img_size, args.mask_ratio, shared=not args.per_sample_mask, seed=0)
     return model, opt, images, masks
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def train_step(model, opt, images, mask, amp: bool):
-    """Returns (seconds for forward+loss+backward, seconds for the whole step)."""
+def train_step(model, opt, images, mask, amp: bool, keep_grads: bool = False):
+    """Returns (seconds for forward+loss+backward, seconds for the whole step). Gradients are
+    freed after the update (as the engine does) unless keep_grads, which zeroes them in place."""
     device = images.device
     sync(device)
     t0 = time.perf_counter()
@@ -114,25 +117,29 @@ def train_step(model, opt, images, mask, amp: bool):
     sync(device)
     t1 = time.perf_counter()
     opt.step()
-    opt.zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=not keep_grads)
     sync(device)
     return t1 - t0, time.perf_counter() - t0
 
 
 def time_both(args):
+    """Medians of whole steps (`*_s`) and of forward+loss+backward (`*_fwdbwd_s`), the two
+    variants alternated (benchmark_timing.interleave) on the same images and masks."""
     built = {v: build(args, v) for v in VARIANTS}
-    times = {f"{v}_{k}": [] for v in VARIANTS for k in ("fwdbwd_s", "s")}
-    for it in range(args.warmup + args.iters):
-        mask = None
-        for v in VARIANTS:
+    current = {}
+
+    def runner(v):
+        def run():
             model, opt, images, masks = built[v]
-            if mask is None:
-                mask = masks(args.batch_size).to(images.device)  # the same mask for both
-            fb, total = train_step(model, opt, images, mask, amp_enabled(args))
-            if it >= args.warmup:
-                times[f"{v}_fwdbwd_s"].append(fb)
-                times[f"{v}_s"].append(total)
-    return {k: statistics.median(v) for k, v in times.items()}
+            if v == VARIANTS[0]:  # a fresh mask each round, shared by both variants (on the CPU)
+                current["mask"] = masks(args.batch_size)
+            fb, total = train_step(model, opt, images, current["mask"], amp_enabled(args))
+            return {"fwdbwd_s": fb, "step_s": total}
+        return run
+
+    device = torch.device(args.device)
+    t = interleave({v: runner(v) for v in VARIANTS}, args.iters, args.warmup, device)
+    return {f"{v}_{k}": t[v][src] for v in VARIANTS for k, src in (("s", "step_s"), ("fwdbwd_s", "fwdbwd_s"))}
 
 
 # ---- memory ----------------------------------------------------------------------------------------
@@ -141,7 +148,10 @@ def memory_child(args) -> None:
     model, opt, images, masks = build(args, args.memory_only)
     mask = masks(args.batch_size)
     amp = amp_enabled(args) if args.device.startswith("cuda") else False
-    print(step_peak_mb(lambda: train_step(model, opt, images, mask, amp), images.device))
+    # Gradient buffers stay allocated, like weights and AdamW state: the step is charged for what
+    # its computation needs (activations, temporaries), the part masking can save. Freed
+    # gradients would add the same fixed 4 bytes per parameter to both variants.
+    print(step_peak_mb(lambda: train_step(model, opt, images, mask, amp, keep_grads=True), images.device))
 
 
 def peak_memory_mb(args, variant: str) -> float:
@@ -157,6 +167,8 @@ def peak_memory_mb(args, variant: str) -> float:
         cmd.append("--no-amp")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if getattr(args, "compile", None):
+        cmd += ["--compile", args.compile]
     return run_in_subprocess(cmd)
 
 

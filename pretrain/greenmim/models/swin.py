@@ -9,6 +9,7 @@ State-dict keys follow the original Swin layout, so public Swin / SimMIM / Green
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import List, Optional, Sequence, Tuple
 
@@ -30,6 +31,54 @@ ATTENTION_MODES = ("auto", "group", "ragged")
 @functools.lru_cache(maxsize=64)  # detection sees a handful of padded sizes: build each once
 def _window_plan(height: int, width: int, window: int, shift: int, device: torch.device) -> WindowPlan:
     return WindowPlan.build(height, width, window, shift, None, device)
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsePlanner:
+    """Builds every index of the sparse path from a unit mask, on the host, from plain values.
+
+    Picklable and weight-free, so planning can run wherever the masks are drawn, e.g. in
+    DataLoader workers (`encoder.planner()`), overlapping the next step's planning with this
+    step's compute; the encoder then takes the result: `encoder(images, mask, plans=plans)`.
+    Group plans (the default mode) hold only tensors and move with `plans_to`; a ragged plan holds
+    a FlexAttention BlockMask built for one device, so make those where they run.
+    """
+    windows: Tuple[int, ...]       # window size of each stage
+    shifts: Tuple[int, ...]        # shift of each stage's odd blocks (0: no shifted windows)
+    tokens_per_unit: int           # tokens along a 32 px mask unit at stage 1
+    attn_mode: str = "auto"
+
+    def __call__(self, unit_mask: torch.Tensor, device=None) -> dict:
+        """unit_mask bool [P, Hu, Wu] (P = 1: shared by the batch) -> {"embed_index", "attention",
+        "merge", "plan_samples"}; index tensors on `device` (default: CPU)."""
+        unit_mask = unit_mask.cpu()
+        layouts = stage_layouts(unit_mask, len(self.windows), self.tokens_per_unit)
+        dev = device if device is not None else torch.device("cpu")
+        plan_cls = RaggedPlan if self.attn_mode == "ragged" else GroupPlan
+        attention, merge = [], []
+        for i, (window, shift, lay) in enumerate(zip(self.windows, self.shifts, layouts)):
+            regular = plan_cls.build(lay.rows, lay.cols, lay.height, lay.width, window, 0, dev)
+            shifted = (plan_cls.build(lay.rows, lay.cols, lay.height, lay.width, window, shift, dev)
+                       if shift else regular)
+            attention.append((regular, shifted))
+            if i + 1 < len(layouts):
+                merge.append(merge_index(lay, layouts[i + 1]).to(dev, non_blocking=True))
+        return {"embed_index": layouts[0].flat_index.to(dev, non_blocking=True),
+                "attention": attention, "merge": merge, "plan_samples": unit_mask.shape[0]}
+
+
+def plans_to(plans: dict, device: torch.device) -> dict:
+    """The plans of SparsePlanner with every tensor moved to `device` (non-blocking)."""
+    def move(obj):
+        if isinstance(obj, torch.Tensor):
+            return obj.to(device, non_blocking=True)
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(move(o) for o in obj)
+        if dataclasses.is_dataclass(obj):
+            return dataclasses.replace(obj, **{f.name: move(getattr(obj, f.name))
+                                               for f in dataclasses.fields(obj)})
+        return obj
+    return {k: move(v) for k, v in plans.items()}
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -135,14 +184,16 @@ class GreenSwinTransformer(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                mask_token: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+                mask_token: Optional[torch.Tensor] = None, plans: Optional[dict] = None) -> List[torch.Tensor]:
+        """plans: optional result of `self.planner()(mask or mask[:1])`, made ahead (e.g. in a
+        DataLoader worker); by default the sparse path plans here, once per call."""
         self._check_images(images)
         if mask is None:
             return self._forward_dense(self.patch_embed(images))  # patch_embed: [B, H/4, W/4, C]
         check_mask(mask, images.shape[0], self._unit_grid(images))
         if mask_token is not None:
             return self._forward_dense(self._replace_masked(self.patch_embed(images), mask, mask_token))
-        return self._forward_sparse(images, mask)
+        return self._forward_sparse(images, mask, plans)
 
     def forward_masked_reference(self, images: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
         """Dense path with masked tokens removed from every attention's keys: what the sparse path
@@ -168,11 +219,17 @@ class GreenSwinTransformer(nn.Module):
                 x = stage.downsample(x)
         return outs
 
-    def _forward_sparse(self, images: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
-        mask = mask.cpu()  # plans are made on the host, once per step
-        plan_mask = mask[:1] if bool((mask == mask[:1]).all()) else mask
-        plans = self.plan_sparse(plan_mask, device=images.device)
-        p = plan_mask.shape[0]
+    def _forward_sparse(self, images: torch.Tensor, mask: torch.Tensor,
+                        plans: Optional[dict] = None) -> List[torch.Tensor]:
+        if plans is None:
+            mask = mask.cpu()  # plans are made on the host, once per step
+            plan_mask = mask[:1] if bool((mask == mask[:1]).all()) else mask
+            plans = self.plan_sparse(plan_mask, device=images.device)
+        elif plans["embed_index"].device != images.device:
+            plans = plans_to(plans, images.device)
+        p = plans["plan_samples"]
+        if p not in (1, images.shape[0]):
+            raise ValueError(f"plans were made for {p} masks; this batch has {images.shape[0]} samples")
         x = self._embed_visible(images, plans["embed_index"], p)
         outs = []
         for i, stage in enumerate(self.layers):
@@ -192,23 +249,15 @@ class GreenSwinTransformer(nn.Module):
         proj = self.patch_embed.proj
         return self.patch_embed.norm(F.linear(patches, proj.weight.flatten(1), proj.bias))
 
+    def planner(self) -> SparsePlanner:
+        """This encoder's planner: plain values, picklable (see SparsePlanner)."""
+        return SparsePlanner(tuple(s.window_size for s in self.layers), tuple(s.shift_size for s in self.layers),
+                             self.tokens_per_unit, self.attn_mode)
+
     def plan_sparse(self, unit_mask: torch.Tensor, device=None) -> dict:
         """Every index the sparse path needs, from a unit mask [P, Hu, Wu] (P = 1: shared by the
         batch). Made once per step on the host; blocks only read it."""
-        unit_mask = unit_mask.cpu()
-        layouts = stage_layouts(unit_mask, len(self.layers), self.tokens_per_unit)
-        dev = device if device is not None else torch.device("cpu")
-        plan_cls = RaggedPlan if self.attn_mode == "ragged" else GroupPlan
-        attention, merge = [], []
-        for i, (stage, lay) in enumerate(zip(self.layers, layouts)):
-            regular = plan_cls.build(lay.rows, lay.cols, lay.height, lay.width, stage.window_size, 0, dev)
-            shifted = (plan_cls.build(lay.rows, lay.cols, lay.height, lay.width, stage.window_size,
-                                      stage.shift_size, dev) if stage.shift_size else regular)
-            attention.append((regular, shifted))
-            if i + 1 < len(layouts):
-                merge.append(merge_index(lay, layouts[i + 1]).to(dev, non_blocking=True))
-        return {"embed_index": layouts[0].flat_index.to(dev, non_blocking=True),
-                "attention": attention, "merge": merge}
+        return self.planner()(unit_mask, device)
 
     def _replace_masked(self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
         per_unit = self.tokens_per_unit

@@ -40,7 +40,7 @@ def _split_heads(qkv: torch.Tensor, num_heads: int):
     return q, k, v
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + bias) v for q, k, v [..., heads, L, d] and bias [..., heads, L, L].
 
     A learnable bias sends scaled_dot_product_attention to its generic math path on CPU and CUDA
@@ -48,6 +48,8 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     gradient the fused kernels win. Rows are never fully masked (see _allowed_to_additive), so the
     plain softmax is safe.
     """
+    if bias is None:
+        return F.scaled_dot_product_attention(q, k, v)
     bias = bias.to(q.dtype)
     if not (torch.is_grad_enabled() and bias.requires_grad):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -114,8 +116,8 @@ class WindowPlan:
         return cls(height, width, window, shift, rel.to(dev),
                    None if attn_mask is None else attn_mask.to(dev, non_blocking=True))
 
-    def attention(self, qkv: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """qkv [B, H, W, 3C] -> attention output [B, H, W, C]."""
+    def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
+        """qkv [B, H, W, 3C] -> attention output [B, H, W, C]. table: bias table or None (no bias)."""
         b, h, w, _ = qkv.shape
         pad_h, pad_w = -h % self.window, -w % self.window
         if pad_h or pad_w:
@@ -124,9 +126,9 @@ class WindowPlan:
             qkv = qkv.roll((-self.shift, -self.shift), dims=(1, 2))
         hp, wp = qkv.shape[1:3]
         q, k, v = _split_heads(_partition(qkv, self.window), num_heads)  # [B, nW, heads, T, d]
-        bias = _bias_from_table(table, self.rel_index)                    # [heads, T, T]
+        bias = None if table is None else _bias_from_table(table, self.rel_index)  # [heads, T, T]
         if self.attn_mask is not None:
-            bias = bias + self.attn_mask
+            bias = self.attn_mask if bias is None else bias + self.attn_mask
         out = _attend(q, k, v, bias)
         out = _unpartition(_merge_heads(out), self.window, hp, wp)
         if self.shift:
@@ -171,10 +173,17 @@ class GroupPlan:
         """rows, cols: long [P, N] true grid coordinates of the visible tokens (CPU)."""
         p, n = rows.shape
         offset = (window - shift) % window
-        wr, wc = (rows + offset) // window, (cols + offset) // window
+        rows_o, cols_o = rows + offset, cols + offset
         n_wr, n_wc = (height - 1 + offset) // window + 1, (width - 1 + offset) // window + 1
         sample = torch.arange(p).unsqueeze(1)
-        win = ((sample * n_wr + wr) * n_wc + wc).flatten()            # [P*N] window id
+        win = ((sample * n_wr + rows_o // window) * n_wc + cols_o // window).flatten()  # [P*N] window id
+        # Swin's bias row of a pair is linear in the coordinate difference:
+        #   (dr + w-1) * (2w-1) + (dc + w-1) = key_code[query] - code[key],
+        # code = r * (2w-1) + c. Coordinates inside the window (in [0, w)) give the same differences
+        # for same-window pairs and keep every pair's row in range, so the [G, g, g] index is one
+        # broadcast subtraction (cross-window pairs get some valid row; they are masked).
+        span = 2 * window - 1
+        code = ((rows_o % window) * span + cols_o % window).flatten()              # [P*N]
         sizes = torch.bincount(win, minlength=p * n_wr * n_wc)
         grouping = plan_grouping(sizes.tolist(), window * window)
         slot_sorted, order = _slots(win, sizes, grouping)
@@ -184,45 +193,55 @@ class GroupPlan:
         scatter[order] = slot_sorted
         gather = torch.zeros(n_groups * g, dtype=torch.long)
         gather[slot_sorted] = order
-        valid = torch.zeros(n_groups * g, dtype=torch.bool)
-        valid[slot_sorted] = True
+        slot_win = torch.full((n_groups * g,), -1, dtype=torch.long)  # -1 marks a padding slot
+        slot_win[slot_sorted] = win[order]
 
-        # Per-slot facts are O(G*g); the O(G*g*g) pair tensors are built where they are used.
+        # Per-slot facts are O(G*g) on the host; each O(G*g*g) pair tensor is one op on the device
+        # (these pair tensors were most of a large per-sample plan's time when built element-wise).
         dev = device if device is not None else torch.device("cpu")
         move = lambda t: t.to(dev, non_blocking=True)  # noqa: E731
-        slot_win = move(torch.where(valid, win[gather], -1).view(n_groups, g))
-        slot_r = move(rows.flatten()[gather].view(n_groups, g))
-        slot_c = move(cols.flatten()[gather].view(n_groups, g))
-        rel = relative_position_index(slot_r[:, :, None] - slot_r[:, None],
-                                      slot_c[:, :, None] - slot_c[:, None], window)
-        rel = rel.clamp_(0, (2 * window - 1) ** 2 - 1)  # cross-window pairs are masked anyway
-        allowed = (slot_win[:, :, None] == slot_win[:, None]) & (slot_win >= 0).unsqueeze(1)
-        attn_mask = _allowed_to_additive(allowed).unsqueeze(1)
+        slot_win = move(slot_win.view(n_groups, g))
+        slot_code = move(code[gather].view(n_groups, g))
+        rel = (slot_code + (window - 1) * (span + 1))[:, :, None] - slot_code[:, None, :]
+        # Cross-window pairs get an in-range index and are masked. Padding slots (window -1) see
+        # only padding, so no row is empty and no real token ever sees padding.
+        same = slot_win[:, :, None] == slot_win[:, None, :]
+        attn_mask = torch.where(same, 0.0, float("-inf")).to(torch.float32).unsqueeze(1)
         return cls(move(gather), move(scatter), rel, attn_mask, n_groups, g, p, n,
                    (n_groups * g - p * n) / max(p * n, 1))
 
-    def attention(self, qkv: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """qkv [B, N, 3C] -> attention output [B, N, C]."""
+    def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
+        """qkv [B, N, 3C] -> attention output [B, N, C]. table: the bias table [(2w-1)^2, heads],
+        or None for window attention without relative position bias."""
         b, n, three_c = qkv.shape
         flat = qkv.reshape(b // self.plan_samples, self.plan_samples * n, three_c)
         grouped = flat.index_select(1, self.gather).view(-1, self.num_groups, self.capacity, three_c)
         q, k, v = _split_heads(grouped, num_heads)                      # [B/P, G, heads, g, d]
-        bias = _bias_from_table(table, self.rel_index) + self.attn_mask  # [G, heads, g, g]
+        bias = self.attn_mask                                           # [G, 1, g, g]
+        if table is not None:
+            bias = _bias_from_table(table, self.rel_index) + bias       # [G, heads, g, g]
         out = _attend(q, k, v, bias)
         out = _merge_heads(out).flatten(1, 2)                           # [B/P, G*g, C]
         return out.index_select(1, self.scatter).view(b, n, three_c // 3)
 
 
 def _slots(win: torch.Tensor, sizes: torch.Tensor, grouping: Grouping):
-    """Slot (group * capacity + offset) of every token, listed in window-sorted token order."""
-    size_list = sizes.tolist()
-    group_of, offset_of = [0] * len(size_list), [0] * len(size_list)
-    for k, windows in enumerate(grouping.groups):
-        fill = 0
-        for w in windows:
-            group_of[w], offset_of[w] = k, fill
-            fill += size_list[w]
-    win_group, win_offset = torch.tensor(group_of), torch.tensor(offset_of)
+    """Slot (group * capacity + offset) of every token, listed in window-sorted token order.
+
+    Vectorised: the groups' windows, listed group after group, get their start offset inside the
+    group from one cumulative sum; only flattening the group lists is Python."""
+    members = [w for windows in grouping.groups for w in windows]
+    counts = [len(windows) for windows in grouping.groups]
+    member = torch.tensor(members, dtype=torch.long)
+    per_group = torch.tensor(counts, dtype=torch.long)
+    group_id = torch.repeat_interleave(torch.arange(len(counts)), per_group)
+    fill = sizes[member]
+    end = torch.cumsum(fill, 0)
+    group_start = (end - fill)[torch.cumsum(per_group, 0) - per_group]  # at each group's first window
+    win_group = torch.zeros(sizes.numel(), dtype=torch.long)
+    win_offset = torch.zeros(sizes.numel(), dtype=torch.long)
+    win_group[member] = group_id
+    win_offset[member] = end - fill - group_start[group_id]
     order = torch.argsort(win, stable=True)
     sorted_win = win[order]
     start = torch.cumsum(sizes, 0) - sizes
