@@ -1,23 +1,13 @@
-"""AdamW with layer-wise lr decay for Green Twins-SVT (the encoder numbers its own layers); the same
-lr, weight decay and exclusions as common/optim.py (the Swin version), PEG weights undecayed.
+"""common/optim.py (AdamW, lr / weight decay / exclusions, layer-wise lr decay) for Green Twins-SVT:
+the same settings, with the encoder numbering its own layers (PEG weights undecayed).
 
 lr is for a total batch of 16 images; scale it linearly if you change the batch size.
 """
-import torch
-
-from detectron2.config import LazyCall as L
+import copy
 
 from greenmim_det.twins_optim import get_encoder_layer_decay_param_groups
 
-optimizer = L(torch.optim.AdamW)(
-    params=L(get_encoder_layer_decay_param_groups)(
-        # params.model is set to the model object by tools/train_net.py before instantiating
-        base_lr="${..lr}",
-        weight_decay="${..weight_decay}",
-        layer_decay=0.9,
-        weight_decay_norm=0.0,
-    ),
-    lr=1e-4,
-    betas=(0.9, 0.999),
-    weight_decay=0.05,
-)
+from .optim import optimizer as _swin_optimizer
+
+optimizer = copy.deepcopy(_swin_optimizer)
+optimizer.params._target_ = get_encoder_layer_decay_param_groups

@@ -21,6 +21,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 
 from ..data.masking import MASK_UNIT, check_mask
 from .swin_blocks import PatchMerging, SwinBlock
+from .encoder_input import MaskedImageInput
 from .token_layout import gather_tokens, merge_index, stage_layouts
 from .ragged_plan import RaggedPlan
 from .window_plans import GroupPlan, WindowPlan
@@ -110,7 +111,7 @@ class SwinStage(nn.Module):
         return x
 
 
-class GreenSwinTransformer(nn.Module):
+class GreenSwinTransformer(MaskedImageInput, nn.Module):
     """Swin Transformer encoder that can compute on visible tokens only.
 
     Args:
@@ -259,18 +260,3 @@ class GreenSwinTransformer(nn.Module):
         batch). Made once per step on the host; blocks only read it."""
         return self.planner()(unit_mask, device)
 
-    def _replace_masked(self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
-        per_unit = self.tokens_per_unit
-        w = mask.repeat_interleave(per_unit, 1).repeat_interleave(per_unit, 2).unsqueeze(-1).to(x.dtype)
-        return x * (1 - w) + mask_token.reshape(1, 1, 1, -1).to(x.dtype) * w
-
-    def _unit_grid(self, images: torch.Tensor) -> Tuple[int, int]:
-        return images.shape[-2] // MASK_UNIT, images.shape[-1] // MASK_UNIT
-
-    def _check_images(self, images: torch.Tensor) -> None:
-        if images.dim() != 4 or images.shape[1] != self.in_chans:
-            raise ValueError(f"expected images [B, {self.in_chans}, H, W], got {tuple(images.shape)}")
-        h, w = images.shape[-2:]
-        if h % MASK_UNIT or w % MASK_UNIT:
-            raise ValueError(f"image size {h}x{w} is not a multiple of {MASK_UNIT}; resize or pad "
-                             f"to e.g. {-(-h // MASK_UNIT) * MASK_UNIT}x{-(-w // MASK_UNIT) * MASK_UNIT}")

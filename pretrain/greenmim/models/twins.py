@@ -33,6 +33,7 @@ from ..data.masking import MASK_UNIT, check_mask
 from .ragged_plan import RaggedPlan
 from .sparse_conv import (SPARSE_CONV_BACKENDS, SparseSites, StridedConvPlan, embed_visible_patches,
                           recompute_in_backward, strided_conv)
+from .encoder_input import MaskedImageInput
 from .token_layout import stage_layouts
 from .twins_blocks import BlockNorm, PosConv, TwinsBlock, TwinsPatchEmbed
 from .twins_plans import DenseStage, SparseStage, dense_kv_mask
@@ -52,7 +53,7 @@ def _pair(v) -> Tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-class GreenTwinsSVT(nn.Module):
+class GreenTwinsSVT(MaskedImageInput, nn.Module):
     """Twins-SVT encoder that can compute on visible tokens only.
 
     Args:
@@ -258,18 +259,3 @@ class GreenTwinsSVT(nn.Module):
         return {"embed_index": layouts[0].flat_index.to(dev, non_blocking=True),
                 "embed": embeds, "stages": stages}
 
-    def _replace_masked(self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
-        per_unit = self.tokens_per_unit
-        w = mask.repeat_interleave(per_unit, 1).repeat_interleave(per_unit, 2).unsqueeze(-1).to(x.dtype)
-        return x * (1 - w) + mask_token.reshape(1, 1, 1, -1).to(x.dtype) * w
-
-    def _unit_grid(self, images: torch.Tensor) -> Tuple[int, int]:
-        return images.shape[-2] // MASK_UNIT, images.shape[-1] // MASK_UNIT
-
-    def _check_images(self, images: torch.Tensor) -> None:
-        if images.dim() != 4 or images.shape[1] != self.in_chans:
-            raise ValueError(f"expected images [B, {self.in_chans}, H, W], got {tuple(images.shape)}")
-        h, w = images.shape[-2:]
-        if h % MASK_UNIT or w % MASK_UNIT:
-            raise ValueError(f"image size {h}x{w} is not a multiple of {MASK_UNIT}; resize or pad "
-                             f"to e.g. {-(-h // MASK_UNIT) * MASK_UNIT}x{-(-w // MASK_UNIT) * MASK_UNIT}")
