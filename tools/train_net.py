@@ -8,6 +8,8 @@
     python tools/train_net.py --config-file <cfg> train.device=cpu  # CPU (AMP is turned off)
 
 Multi-machine: --num-machines M --machine-rank R --dist-url tcp://HOST:PORT (detectron2 launch).
+Under torchrun (GPUs or CPUs; on CPUs N one-thread processes beat one N-thread process):
+    torchrun --standalone --nproc_per_node 2 tools/train_net.py --config-file <cfg> train.device=cpu
 The config's `train` block (configs/detection/common/train.py) holds output_dir, init_checkpoint,
 max_iter, amp, ddp, checkpointer, eval_period, log_period, device and seed.
 
@@ -45,6 +47,7 @@ from detectron2.utils import comm
 from greenmim_det.checkpoint import CheckpointError, GreenCheckpointer
 from greenmim_det.config_check import UnknownConfigKeyError, check_override_keys
 from greenmim_det.data import DatasetError, dataset_thing_classes, ensure_dataset
+from greenmim_det.torchrun import ddp_device_kwargs, init_torchrun_process_groups, started_by_torchrun
 
 logger = logging.getLogger("detectron2")
 
@@ -104,7 +107,7 @@ def do_train(args, cfg):
     optim = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
 
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = create_ddp_model(model, **cfg.train.ddp, **ddp_device_kwargs(cfg.train.device))
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
     checkpointer = GreenCheckpointer(model, cfg.train.output_dir, trainer=trainer, optimizer=optim)
     trainer.register_hooks(
@@ -140,12 +143,14 @@ def main(args):
         raise SystemExit(f"error: {e}") from None
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     cfg = prepare_config(cfg)
+    if started_by_torchrun():
+        init_torchrun_process_groups(cfg.train.device)
     default_setup(cfg, args)
     try:
         if args.eval_only:
             model = instantiate(cfg.model)
             model.to(cfg.train.device)
-            model = create_ddp_model(model)
+            model = create_ddp_model(model, **ddp_device_kwargs(cfg.train.device))
             GreenCheckpointer(model, cfg.train.output_dir).resume_or_load(
                 cfg.train.init_checkpoint, resume=args.resume
             )

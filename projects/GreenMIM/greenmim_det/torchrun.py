@@ -1,0 +1,58 @@
+"""Running tools/train_net.py under torchrun, on CPUs (gloo) as well as GPUs (nccl).
+
+detectron2's own `launch()` spawns one process per GPU and refuses to start without CUDA. torchrun
+works everywhere: it starts the processes and sets RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE;
+this module turns that environment into the process groups detectron2 expects (`comm` needs a
+per-machine group for `get_local_rank()`).
+
+Why CPUs: on a few cores, N processes of one thread each train a small detector faster than one
+process with N threads (small convolutions and matrix products do not split well across threads);
+the demo's Mask R-CNN measured 1.3x more images per second with 2 x 1 than with 1 x 2 threads.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Dict
+
+import torch
+import torch.distributed as dist
+
+
+def started_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def init_torchrun_process_groups(device: str, timeout_s: float = 1800) -> None:
+    """Creates the global process group (gloo on CPU, nccl on CUDA) from torchrun's environment and
+    detectron2's per-machine group. device: the config's train.device ("cpu", "cuda", "cuda:N")."""
+    from detectron2.utils import comm
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    use_cuda = str(device).startswith("cuda")
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise SystemExit("error: train.device=cuda but no CUDA device is available; pass train.device=cpu")
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    # every process must take part in creating every machine's group, in the same order
+    machine = rank // local_size
+    for m in range(world // local_size):
+        group = dist.new_group(list(range(m * local_size, (m + 1) * local_size)))
+        if m == machine:
+            comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+
+
+def ddp_device_kwargs(device: str) -> Dict:
+    """DistributedDataParallel's device_ids: this process's GPU, or None for a CPU module
+    (detectron2's create_ddp_model would otherwise pass the local rank as a GPU index)."""
+    if str(device).startswith("cuda"):
+        from detectron2.utils import comm
+
+        return {"device_ids": [comm.get_local_rank()]}
+    return {"device_ids": None}
