@@ -27,7 +27,8 @@ def _run(args, timeout=300):
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
     start = time.monotonic()
-    proc = _run(["--quick", "--output", str(out)])
+    # --procs 2: fine-tuning runs under torchrun, as the full demo does on a multi-core CPU
+    proc = _run(["--quick", "--procs", "2", "--output", str(out)])
     seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc, seconds
@@ -61,14 +62,14 @@ def test_quick_demo_summary(quick_demo):
     assert sum(p.startswith("detections/") for p in pictures) == 2
     for p in pictures:
         assert (out / p).is_file() and (out / p).stat().st_size > 1000, p
-    assert summary["settings"]["quick"] is True
+    assert summary["settings"]["quick"] is True and summary["settings"]["procs"] == 2
 
 
 def test_quick_demo_rerun_reuses_stages(quick_demo):
     out, _, _ = quick_demo
     before = json.loads((out / "stages" / "finetune.json").read_text())["run_id"]
     start = time.monotonic()
-    proc = _run(["--quick", "--output", str(out)], timeout=120)
+    proc = _run(["--quick", "--procs", "2", "--output", str(out)], timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("reusing it") == len(STAGES)
     assert json.loads((out / "stages" / "finetune.json").read_text())["run_id"] == before
@@ -81,4 +82,8 @@ def test_demo_rejects_bad_sizes(tmp_path):
     proc = _run(["--quick", "--output", str(tmp_path / "o"), "--img-size", "100"], timeout=60)
     assert proc.returncode != 0
     assert "multiple of 32" in proc.stderr
+    assert not (tmp_path / "o").exists()
+    proc = _run(["--quick", "--output", str(tmp_path / "o"), "--procs", "3"], timeout=60)  # batch 2
+    assert proc.returncode != 0
+    assert "--procs must be positive and divide --batch-size (2), got 3" in proc.stderr
     assert not (tmp_path / "o").exists()

@@ -105,6 +105,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="toy sizes: every stage in about a minute (smoke test)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: the GPU if there is one, else the CPU")
+    p.add_argument("--procs", type=int, default=None,
+                   help="training processes (torchrun), one thread each on a CPU: N one-thread processes "
+                        "train faster than one N-thread process (default: 2 on a CPU with >= 2 cores, else 1)")
     p.add_argument("--verbose", action="store_true", help="show the tools' full output, not just progress")
     g = p.add_argument_group("sizes (default: the demo's, or the --quick ones)")
     g.add_argument("--num-train", type=int, help="training images (300)")
@@ -135,6 +138,12 @@ def resolve_settings(args: argparse.Namespace) -> Dict:
         s["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     else:
         s["device"] = args.device
+    procs = args.procs
+    if procs is None:
+        procs = 2 if s["device"] == "cpu" and (os.cpu_count() or 1) >= 2 and not s["quick"] else 1
+    if procs < 1 or s["batch_size"] % procs:
+        raise SystemExit(f"error: --procs must be positive and divide --batch-size ({s['batch_size']}), got {procs}")
+    s["procs"] = procs
     return s
 
 
@@ -311,6 +320,14 @@ def _py() -> List[str]:
     return [sys.executable]
 
 
+def _launcher(procs: int) -> List[str]:
+    """The command prefix of a training tool: python, or torchrun with `procs` processes (torchrun
+    gives each process one thread, OMP_NUM_THREADS=1)."""
+    if procs == 1:
+        return _py()
+    return _py() + ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
+
+
 def _tool(name: str) -> str:
     return os.path.join(ROOT, "tools", name)
 
@@ -389,6 +406,9 @@ def build_stages(demo: Demo, compare: bool) -> List[Stage]:
         *s["pretrain_overrides"],
     ]
     pcfg = load_config(PRETRAIN_CONFIG, pretrain_opts)
+    if int(pcfg["train"]["batch_size"]) % s["procs"]:  # a total batch, split over the processes
+        raise SystemExit(f"error: --procs {s['procs']} does not divide the pretraining batch "
+                         f"{pcfg['train']['batch_size']} (train.batch_size in {PRETRAIN_CONFIG})")
     encoder = dict(pcfg["model"]["encoder"])
     enc_shape = {k: encoder.get(k) for k in ("embed_dim", "depths", "num_heads", "window_size")}
     if None in enc_shape.values():
@@ -405,8 +425,8 @@ def build_stages(demo: Demo, compare: bool) -> List[Stage]:
         return {"root": "data"}
 
     def pretrain():
-        run_tool(_py() + [os.path.join(ROOT, "pretrain", "main_pretrain.py"), "--config", PRETRAIN_CONFIG,
-                          *pretrain_opts], logs("pretrain"), None, demo.verbose)
+        run_tool(_launcher(s["procs"]) + [os.path.join(ROOT, "pretrain", "main_pretrain.py"), "--config",
+                                           PRETRAIN_CONFIG, *pretrain_opts], logs("pretrain"), None, demo.verbose)
         if not os.path.isfile(last_ckpt):
             raise DemoError(f"pretraining wrote no {last_ckpt}; see {logs('pretrain')}")
         losses, step = [], None
@@ -426,8 +446,9 @@ def build_stages(demo: Demo, compare: bool) -> List[Stage]:
     def finetune(init: str, name: str) -> Callable[[], Dict]:
         def run():
             d = out(name)
-            run_tool(_py() + [_tool("train_net.py"), "--config-file", DETECTION_CONFIG,
-                              *detection_overrides(demo, enc_shape, d, init)], logs(name), d2_show, demo.verbose)
+            run_tool(_launcher(s["procs"]) + [_tool("train_net.py"), "--config-file", DETECTION_CONFIG,
+                                              *detection_overrides(demo, enc_shape, d, init)],
+                     logs(name), d2_show, demo.verbose)
             metrics = read_metrics(d)
             if metrics is None:
                 raise DemoError(f"fine-tuning finished without COCO metrics in {d}/inference; see {logs(name)}")
@@ -468,7 +489,7 @@ def build_stages(demo: Demo, compare: bool) -> List[Stage]:
 
     data_settings = {k: s[k] for k in ("num_train", "num_val", "img_size", "seed")}
     det_settings = {"config": det_hash, "encoder": enc_shape, "iters": s["finetune_iters"],
-                    "batch_size": s["batch_size"], "img_size": s["img_size"], "seed": s["seed"],
+                    "batch_size": s["batch_size"], "procs": s["procs"], "img_size": s["img_size"], "seed": s["seed"],
                     "device": s["device"], "overrides": s["detection_overrides"]}
     stages = [
         Stage("data", "generate the synthetic COCO shapes dataset", data_settings, data),
