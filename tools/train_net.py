@@ -8,7 +8,7 @@
     python tools/train_net.py --config-file <cfg> train.device=cpu  # CPU (AMP is turned off)
 
 Multi-machine: --num-machines M --machine-rank R --dist-url tcp://HOST:PORT (detectron2 launch).
-Under torchrun (GPUs or CPUs; on CPUs N one-thread processes beat one N-thread process):
+Under torchrun (GPUs with nccl, CPUs with gloo; a CPU process gets one thread):
     torchrun --standalone --nproc_per_node 2 tools/train_net.py --config-file <cfg> train.device=cpu
 The config's `train` block (configs/detection/common/train.py) holds output_dir, init_checkpoint,
 max_iter, amp, ddp, checkpointer, eval_period, log_period, device and seed.

@@ -4,7 +4,8 @@ The detector of configs/detection/ with everything scaled to 192 px synthetic sh
 minutes of 2-core CPU: a narrow encoder (what configs/demo/pretrain_swin_demo.yaml pretrains),
 a 64-channel FPN, slim box/mask heads, anchors 16..256 px, 64 RoIs per image pooled with 2x2
 samples per bin (the adaptive default costs ~2x in RoIAlign's backward on the CPU), AdamW with
-warm-up and cosine decay. tools/demo.py fills in the dataset paths, output_dir and init_checkpoint.
+warm-up and cosine decay, the box head's fc layers at a lower lr (see the optimisation section).
+tools/demo.py fills in the dataset paths, output_dir and init_checkpoint.
 """
 from fvcore.common.param_scheduler import CosineParamScheduler
 
@@ -33,6 +34,9 @@ model.proposal_generator.pre_nms_topk = (1000, 500)
 model.proposal_generator.post_nms_topk = (500, 200)
 model.roi_heads.num_classes = 5
 model.roi_heads.batch_size_per_image = 64
+# 2x2 samples per bin. One sample per bin and 500 RPN candidates per level cost 0.82 s per
+# iteration instead of 0.93 (batch 4, 2 threads) but trained a much weaker detector (box AP 17.2
+# after 900 iterations, against 21.9 after 600 with these settings).
 model.roi_heads.box_pooler.sampling_ratio = 2
 model.roi_heads.mask_pooler.sampling_ratio = 2
 model.roi_heads.box_head.fc_dims = [256, 256]
@@ -56,7 +60,8 @@ dataloader.test.num_workers = 0
 # Why the box head gets its own lr: AdamW at the encoder's rate drives its wide fc layers (3136 -> 256)
 # into dead ReLUs (66% of fc1's units never fire after 400 iterations at 1.6e-3; 6% at 2e-4), and
 # the RoI classifier lingers at the background prior (foreground accuracy over iterations 300-400:
-# 0.14 with one lr, 0.18 with the fc layers at 2e-4).
+# 0.14 with one lr, 0.18 with the fc layers at 2e-4). A 600-iteration schedule from one encoder,
+# seed 0: box AP 16.0 with lr 8e-4 for all, 21.9 with this recipe.
 optimizer.lr = 1.6e-3
 optimizer.weight_decay = 0.05
 optimizer.params.layer_decay = 0.9  # 1.0 (no decay): 14.7 instead of 17.2

@@ -5,9 +5,11 @@ works everywhere: it starts the processes and sets RANK / WORLD_SIZE / LOCAL_RAN
 this module turns that environment into the process groups detectron2 expects (`comm` needs a
 per-machine group for `get_local_rank()`).
 
-Why CPUs: on a few cores, N processes of one thread each train a small detector faster than one
-process with N threads (small convolutions and matrix products do not split well across threads);
-the demo's Mask R-CNN measured 1.3x more images per second with 2 x 1 than with 1 x 2 threads.
+On a CPU each process gets one thread (torchrun sets OMP_NUM_THREADS=1). That does not make a
+small CPU faster: on the 2-core demo machine the demo's Mask R-CNN took 0.86 s per iteration with
+2 one-thread processes against about 0.8 s with one two-thread process, and its pretraining 3:28
+against 3:22 (not profiled further; the gradient all-reduce over gloo is the likely cost), so the
+demo keeps one process by default (`--procs` chooses).
 """
 from __future__ import annotations
 
