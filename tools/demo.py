@@ -105,9 +105,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="toy sizes: every stage in about a minute (smoke test)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: the GPU if there is one, else the CPU")
-    p.add_argument("--procs", type=int, default=None,
-                   help="training processes (torchrun; default 1). On the 2-core demo machine 2 one-thread "
-                        "processes measured slower than 1 two-thread process (gradient all-reduce over gloo)")
+    p.add_argument("--procs", type=int, default=1,
+                   help="training processes (torchrun when > 1; default 1). On the 2-core demo machine 2 "
+                        "one-thread processes measured slower than 1 two-thread process")
     p.add_argument("--verbose", action="store_true", help="show the tools' full output, not just progress")
     g = p.add_argument_group("sizes (default: the demo's, or the --quick ones)")
     g.add_argument("--num-train", type=int, help="training images (300)")
@@ -138,12 +138,10 @@ def resolve_settings(args: argparse.Namespace) -> Dict:
         s["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     else:
         s["device"] = args.device
-    procs = args.procs
-    if procs is None:
-        procs = 1
-    if procs < 1 or s["batch_size"] % procs:
-        raise SystemExit(f"error: --procs must be positive and divide --batch-size ({s['batch_size']}), got {procs}")
-    s["procs"] = procs
+    if args.procs < 1 or s["batch_size"] % args.procs:
+        raise SystemExit(f"error: --procs must be positive and divide --batch-size ({s['batch_size']}), "
+                         f"got {args.procs}")
+    s["procs"] = args.procs
     return s
 
 
