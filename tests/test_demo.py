@@ -27,7 +27,7 @@ def _run(args, timeout=300):
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
     start = time.monotonic()
-    # --procs 2: fine-tuning runs under torchrun, as the full demo does on a multi-core CPU
+    # --procs 2: pretraining and fine-tuning run under torchrun (the demo's default is 1 process)
     proc = _run(["--quick", "--procs", "2", "--output", str(out)])
     seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -13,11 +13,9 @@ demo keeps one process by default (`--procs` chooses).
 """
 from __future__ import annotations
 
-import datetime
 import os
 from typing import Dict
 
-import torch
 import torch.distributed as dist
 
 
@@ -26,26 +24,18 @@ def started_by_torchrun() -> bool:
 
 
 def init_torchrun_process_groups(device: str, timeout_s: float = 1800) -> None:
-    """Creates the global process group (gloo on CPU, nccl on CUDA) from torchrun's environment and
-    detectron2's per-machine group. device: the config's train.device ("cpu", "cuda", "cuda:N")."""
+    """Creates the global process group from torchrun's environment (greenmim's init_distributed:
+    gloo on CPU, nccl on CUDA) and detectron2's per-machine group. device: the config's
+    train.device ("cpu", "cuda", "cuda:N"), already checked by train_net's prepare_config."""
     from detectron2.utils import comm
+    from greenmim.engine.dist import init_distributed
 
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ["LOCAL_RANK"])
-    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    use_cuda = str(device).startswith("cuda")
-    if use_cuda:
-        if not torch.cuda.is_available():
-            raise SystemExit("error: train.device=cuda but no CUDA device is available; pass train.device=cpu")
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://", rank=rank,
-                                world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    info = init_distributed("cuda" if str(device).startswith("cuda") else "cpu", timeout_s=timeout_s)
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
     # every process must take part in creating every machine's group, in the same order
-    machine = rank // local_size
-    for m in range(world // local_size):
+    for m in range(info.world_size // local_size):
         group = dist.new_group(list(range(m * local_size, (m + 1) * local_size)))
-        if m == machine:
+        if m == info.rank // local_size:
             comm._LOCAL_PROCESS_GROUP = group
     comm.synchronize()
 
