@@ -1,10 +1,11 @@
 """Mask R-CNN + FPN on a small Green Swin, sized for the CPU demo (tools/demo.py).
 
-The detector of configs/detection/ with everything scaled to 192 px synthetic shapes and ~10
+The detector of configs/detection/ with everything scaled to 192 px synthetic shapes and ~15
 minutes of 2-core CPU: a narrow encoder (what configs/demo/pretrain_swin_demo.yaml pretrains),
-a 64-channel FPN, slim box/mask heads, anchors 16..256 px, 64 RoIs per image pooled with 2x2
-samples per bin (the adaptive default costs ~2x in RoIAlign's backward on the CPU), AdamW with
-warm-up and cosine decay, the box head's fc layers at a lower lr (see the optimisation section).
+a 64-channel FPN, slim box/mask heads, anchors 16..256 px, 64 RoIs per image (half of them
+foreground) pooled with 2x2 samples per bin (the adaptive default costs ~2x in RoIAlign's backward
+on the CPU), AdamW with warm-up and cosine decay, the box head's fc layers at a lower lr (see the
+optimisation section).
 tools/demo.py fills in the dataset paths, output_dir and init_checkpoint.
 """
 from fvcore.common.param_scheduler import CosineParamScheduler
@@ -34,6 +35,11 @@ model.proposal_generator.pre_nms_topk = (1000, 500)
 model.proposal_generator.post_nms_topk = (500, 200)
 model.roi_heads.num_classes = 5
 model.roi_heads.batch_size_per_image = 64
+# Half of the 64 RoIs foreground (detectron2's default is a quarter): the RoI classifier is what
+# limits this short schedule, and twice the foreground samples per step train it faster. Same
+# encoder, seed 0, 1000 iterations: box AP 31.2 -> 35.4 (mask 30.9 -> 34.9), for ~8% more time
+# per iteration (the mask head sees twice the RoIs).
+model.roi_heads.positive_fraction = 0.5
 # 2x2 samples per bin. One sample per bin and 500 RPN candidates per level cost 0.82 s per
 # iteration instead of 0.93 (batch 4, 2 threads) but trained a much weaker detector (box AP 17.2
 # after 900 iterations, against 21.9 after 600 with these settings).
