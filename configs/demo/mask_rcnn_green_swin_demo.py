@@ -37,12 +37,13 @@ model.roi_heads.num_classes = 5
 model.roi_heads.batch_size_per_image = 64
 # Half of the 64 RoIs foreground (detectron2's default is a quarter): the RoI classifier is what
 # limits this short schedule, and twice the foreground samples per step train it faster. Same
-# encoder, seed 0, 1000 iterations: box AP 31.2 -> 35.4 (mask 30.9 -> 34.9), for ~8% more time
-# per iteration (the mask head sees twice the RoIs).
+# encoder, seed 0, 1000 iterations: box AP 31.2 -> 35.4 (mask 30.9 -> 34.9), for 22% more time
+# per iteration (0.93 instead of 0.76 s, batch 4, 2 threads: the mask head and its RoIAlign see
+# twice the RoIs). Not yet compared at equal time (1220 iterations with a quarter foreground).
 model.roi_heads.positive_fraction = 0.5
 # 2x2 samples per bin. One sample per bin and 500 RPN candidates per level cost 0.82 s per
-# iteration instead of 0.93 (batch 4, 2 threads) but trained a much weaker detector (box AP 17.2
-# after 900 iterations, against 21.9 after 600 with these settings).
+# iteration instead of 0.93 (batch 4, 2 threads); one run of that gave box AP 17.2 after 900
+# iterations (21.9 after 600 with these settings), a single-seed result, so only a hint.
 model.roi_heads.box_pooler.sampling_ratio = 2
 model.roi_heads.mask_pooler.sampling_ratio = 2
 model.roi_heads.box_head.fc_dims = [256, 256]
@@ -61,8 +62,9 @@ dataloader.train.num_workers = 1
 dataloader.test.num_workers = 0
 
 # --- optimisation
-# lr at batch 4. Box AP after a 400-iteration schedule (1 thread each, same encoder): lr 8e-4 10.8,
-# 1.6e-3 14.6, 3.2e-3 10.9; 1.6e-3 with the box head's fc layers at 2e-4: 17.2 (3.2e-3: 17.3).
+# lr at batch 4. Box AP after a 400-iteration schedule (1 thread each, same encoder, one run each):
+# lr 8e-4 10.8, 1.6e-3 14.6, 3.2e-3 10.9; 1.6e-3 with the box head's fc layers at 2e-4: 17.2. Such
+# short runs vary by seed (this recipe: 12.8, 13.3, 17.2), so the 1000-iteration figures decide.
 # Why the box head gets its own lr: AdamW at the encoder's rate drives its wide fc layers (3136 -> 256)
 # into dead ReLUs (66% of fc1's units never fire after 400 iterations at 1.6e-3; 6% at 2e-4), and
 # the RoI classifier lingers at the background prior (foreground accuracy over iterations 300-400:
@@ -70,7 +72,7 @@ dataloader.test.num_workers = 0
 # seed 0: box AP 16.0 with lr 8e-4 for all, 21.9 with this recipe.
 optimizer.lr = 1.6e-3
 optimizer.weight_decay = 0.05
-optimizer.params.layer_decay = 0.9  # 1.0 (no decay): 14.7 instead of 17.2
+optimizer.params.layer_decay = 0.9  # 1.0 (no decay): 14.7 instead of 17.2 (one 400-iteration run)
 optimizer.params.overrides = {
     f"roi_heads.box_head.{name}": {"lr": 2e-4} for name in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
 }
