@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The GreenMIM demo: the whole job, end to end, on generated data and a CPU, in about 15 minutes.
+"""The GreenMIM demo: the whole job, end to end, on generated data and a CPU, in about 20 minutes.
 
     make demo                        # = .venv/bin/python tools/demo.py  (output/demo)
     make demo-compare                # also fine-tunes from random init, to show what pretraining buys
