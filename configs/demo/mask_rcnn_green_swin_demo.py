@@ -54,17 +54,11 @@ model.roi_heads.mask_pooler.sampling_ratio = 1
 # small (its model zoo uses 4 convs + GN for detectors trained from scratch). The RoI classifier
 # is what limits this short schedule: with two fc layers (detectron2's default) a freshly trained
 # MLP on the trained model's pooled RoI features reached 100% train but only 70% val accuracy on
-# ground-truth boxes, and the detector's own classifier 55%. Full 1000-iteration schedules, same
-# encoder, seed 0, one thread, box / mask AP:
-#   two fc layers, mask head 2 x 64 channels                35.4 / 34.9
-#   two 64-channel GN convs + fc, mask head 2 x 64          43.9 / 41.6
-#   two 64-channel GN convs + fc, mask head 2 x 32          49.4 / 45.2
-#   two 32-channel GN convs + fc, mask head 2 x 32 (this)   45.5 / 42.2
-# The last is kept for time: the mask head sees every foreground RoI (128 per batch once the RPN
-# works), and at 64 channels its forward + backward alone cost 225 ms per iteration (65 ms at 32);
-# the box head 67 ms at 64 channels, 28 ms at 32 (2 threads, 128 / 256 RoIs). The same encoder
-# fine-tuned for 600 instead of 1000 iterations (64-channel convs) gives 29.2: iterations are not
-# what to cut.
+# ground-truth boxes, and the detector's own classifier 55%. The conv head took box AP from 35.4
+# to 43.9 (1000 iterations, same encoder and seed); README.md ("Where the AP was lost") has the
+# table of head widths. 32 channels are kept for time: the mask head sees every foreground RoI
+# (128 per batch once the RPN works), and at 64 channels its forward + backward alone cost 225 ms
+# per iteration (65 ms at 32); the box head 67 ms at 64 channels, 28 ms at 32 (2 threads).
 model.roi_heads.box_head.conv_dims = [32, 32]
 model.roi_heads.box_head.conv_norm = "GN"
 model.roi_heads.box_head.fc_dims = [256]
