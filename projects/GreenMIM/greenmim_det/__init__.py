@@ -21,6 +21,7 @@ from .checkpoint import (
 )
 from .data import DatasetError, get_coco_dataset_dicts, register_coco_dataset
 from .optim import get_swin_layer_decay_param_groups, swin_layer_id, swin_lr_decay_factors
+from .roi_align import SeparableROIAlign, SeparableROIPooler, separable_roi_align
 
 __all__ = [
     "STAGE_NAMES",
@@ -43,6 +44,9 @@ __all__ = [
     "get_swin_layer_decay_param_groups",
     "swin_layer_id",
     "swin_lr_decay_factors",
+    "SeparableROIAlign",
+    "SeparableROIPooler",
+    "separable_roi_align",
 ]
 
 
