@@ -13,6 +13,7 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
+from greenmim_det.roi_align import SeparableROIPooler
 
 from ..detection.common.data.coco import dataloader
 from ..detection.common.models.mask_rcnn_green_swin_fpn import model
@@ -31,7 +32,9 @@ model.backbone.out_channels = 64
 # --- heads: 5 shape classes, a few objects of 15-90 px per 192 px image
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
 model.proposal_generator.batch_size_per_image = 128
-model.proposal_generator.pre_nms_topk = (1000, 500)
+# 500 candidates per level before NMS (P2 has 6912 anchors, P3 1728): torchvision's CPU NMS on
+# 1000 boxes per level cost ~35 ms of each iteration, and a few objects per image need far fewer
+model.proposal_generator.pre_nms_topk = (500, 500)
 model.proposal_generator.post_nms_topk = (500, 200)
 model.roi_heads.num_classes = 5
 model.roi_heads.batch_size_per_image = 64
@@ -50,6 +53,10 @@ model.roi_heads.positive_fraction = 0.5
 # box / mask AP 47.6 / 43.7 against 45.5 / 42.2 with 2x2 (same encoder, seed 0, one thread).
 model.roi_heads.box_pooler.sampling_ratio = 2
 model.roi_heads.mask_pooler.sampling_ratio = 1
+# Same pooling, RoIAlign's backward as matrix products (greenmim_det/roi_align.py): torchvision's
+# CPU backward is a one-thread loop over samples, ~150 ms of each iteration here.
+model.roi_heads.box_pooler._target_ = SeparableROIPooler
+model.roi_heads.mask_pooler._target_ = SeparableROIPooler
 # Box head: two 3x3 convs (32 channels, GroupNorm) and one fc, detectron2's conv-GN head made
 # small (its model zoo uses 4 convs + GN for detectors trained from scratch). The RoI classifier
 # is what limits this short schedule: with two fc layers (detectron2's default) a freshly trained

@@ -19,4 +19,7 @@ optimizer = L(torch.optim.AdamW)(
     lr=1e-4,
     betas=(0.9, 0.999),
     weight_decay=0.05,
+    # one kernel for all parameters (CPU and CUDA) instead of a Python loop over them: 2% of a
+    # CPU demo iteration, more with Swin-B's 88 M parameters
+    fused=True,
 )
