@@ -46,7 +46,7 @@ DETECTION_CONFIG = os.path.join(ROOT, "configs", "demo", "mask_rcnn_green_swin_d
 TRAIN_NAME, VAL_NAME = "greenmim_demo_train", "greenmim_demo_val"
 
 # The demo's default sizes. --quick swaps in QUICK: the same pipeline on a toy model and toy data.
-FULL = dict(num_train=300, num_val=60, img_size=192, pretrain_epochs=20, finetune_iters=1000,
+FULL = dict(num_train=300, num_val=60, img_size=192, pretrain_epochs=16, finetune_iters=1000,
             batch_size=4, vis_images=8, rec_images=6, pretrain_overrides=[], detection_overrides=[])
 QUICK = dict(
     num_train=16, num_val=4, img_size=128, pretrain_epochs=1, finetune_iters=8, batch_size=2,
@@ -114,7 +114,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--num-train", type=int, help="training images (300)")
     g.add_argument("--num-val", type=int, help="validation images (60)")
     g.add_argument("--img-size", type=int, help="image side in px, multiple of 32 (192)")
-    g.add_argument("--pretrain-epochs", type=int, help="pretraining epochs over the train images (20)")
+    g.add_argument("--pretrain-epochs", type=int, help="pretraining epochs over the train images (16)")
     g.add_argument("--finetune-iters", type=int, help="Mask R-CNN iterations (1000)")
     g.add_argument("--batch-size", type=int, help="Mask R-CNN images per iteration (4)")
     g.add_argument("--seed", type=int, default=0, help="dataset and training seed")

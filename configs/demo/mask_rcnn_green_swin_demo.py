@@ -2,10 +2,11 @@
 
 The detector of configs/detection/ with everything scaled to 192 px synthetic shapes and a 2-core
 CPU: a narrow encoder (what configs/demo/pretrain_swin_demo.yaml pretrains), a 64-channel FPN, a
-box head of two 3x3 convs with GroupNorm and one fc, a 32-channel mask head, anchors 16..256 px,
-64 RoIs per image (half of them foreground) pooled with 2x2 samples per bin for boxes and 1 for
-masks (the adaptive default costs ~2x in RoIAlign's backward on the CPU), AdamW with warm-up and
-cosine decay, the box head's fc layer at a lower lr (see the optimisation section).
+box head of two 3x3 convs with GroupNorm and one fc, a 32-channel mask head on 10x10 RoI features,
+anchors 16..256 px, 48 RoIs per image (half of them foreground) pooled with 2x2 samples per bin for
+boxes and 1 for masks through a RoIAlign whose CPU backward is two matrix products, AdamW with
+warm-up and cosine decay, the box head's fc layer at a lower lr (see the optimisation section).
+README.md ("Where the time went") has the per-iteration cost of each of these choices.
 tools/demo.py fills in the dataset paths, output_dir and init_checkpoint.
 """
 from fvcore.common.param_scheduler import CosineParamScheduler
@@ -37,16 +38,16 @@ model.proposal_generator.batch_size_per_image = 128
 model.proposal_generator.pre_nms_topk = (500, 500)
 model.proposal_generator.post_nms_topk = (500, 200)
 model.roi_heads.num_classes = 5
-model.roi_heads.batch_size_per_image = 64
-# Half of the 64 RoIs foreground (detectron2's default is a quarter): the RoI classifier is what
+# 48 RoIs per image (detectron2: 512), half of them foreground: the RoI heads and their RoIAlign
+# cost per RoI, and 48 instead of 64 made iterations 13% faster (same weights, interleaved).
+model.roi_heads.batch_size_per_image = 48
+# Half of the RoIs foreground (detectron2's default is a quarter): the RoI classifier is what
 # limits this short schedule, and twice the foreground samples per step train it faster. Same
-# encoder, seed 0, 1000 iterations, two-fc box head: box AP 31.2 -> 35.4 (mask 30.9 -> 34.9), for
-# 22% more time per iteration (0.93 instead of 0.76 s, batch 4, 2 threads: the mask head and its
-# RoIAlign see twice the RoIs).
+# encoder, seed 0, 1000 iterations, two-fc box head, 64 RoIs: box AP 31.2 -> 35.4 (mask 30.9 ->
+# 34.9), for 22% more time per iteration (the mask head and its RoIAlign see twice the RoIs).
 model.roi_heads.positive_fraction = 0.5
-# Box RoIs: 2x2 samples per bin. One sample per bin for both poolers with 500 RPN candidates per
-# level cost 0.82 s per iteration instead of 0.93 (two-fc head, batch 4, 2 threads); one run of
-# that gave box AP 17.2 after 900 iterations (21.9 after 600 with these settings), only a hint.
+# Box RoIs: 2x2 samples per bin; one sample would save 0.5% of an iteration now that the backward
+# is matrix products (below).
 # Mask RoIs: one sample per bin. A 14x14 bin of these 15-90 px objects spans at most ~2 cells of
 # P2, and torchvision's CPU RoIAlign backward is a scalar loop over samples: 4x fewer samples made
 # iterations 6% faster (two one-thread runs side by side, 1.55 vs 1.64 s over 1000 iterations) at
@@ -71,6 +72,11 @@ model.roi_heads.box_head.conv_norm = "GN"
 model.roi_heads.box_head.fc_dims = [256]
 model.roi_heads.box_predictor.input_shape.channels = 256
 model.roi_heads.mask_head.conv_dims = [32, 32]
+# Masks of 20x20 (10x10 RoI features, upsampled once) instead of 28x28: these objects span 15-90
+# px, and the mask head with its RoIAlign was ~15% of an iteration (11% faster at 10x10).
+model.roi_heads.mask_pooler.output_size = 10
+model.roi_heads.mask_head.input_shape.width = 10
+model.roi_heads.mask_head.input_shape.height = 10
 
 # --- data: 192 px images, flips
 dataloader.train.mapper.augmentations = [
