@@ -125,8 +125,6 @@ class _SeparableRoIAlignFunction(torch.autograd.Function):
         (num_images, channels, height, width), output_size, spatial_scale, sampling_ratio, aligned = ctx.setup
         out_h, out_w = output_size
         grad_features = grad_output.new_zeros(num_images, height, channels * width)
-        if rois.shape[0] == 0:
-            return grad_features.reshape(num_images, height, channels, width).permute(0, 2, 1, 3), None, None, None, None, None
         weights_y, weights_x = roi_align_weights(
             rois.to(grad_output.dtype), (height, width), output_size, spatial_scale, sampling_ratio, aligned
         )
