@@ -48,10 +48,11 @@ model.roi_heads.batch_size_per_image = 48
 model.roi_heads.positive_fraction = 0.5
 # Box RoIs: 2x2 samples per bin; one sample would save 0.5% of an iteration now that the backward
 # is matrix products (below).
-# Mask RoIs: one sample per bin. A 14x14 bin of these 15-90 px objects spans at most ~2 cells of
-# P2, and torchvision's CPU RoIAlign backward is a scalar loop over samples: 4x fewer samples made
-# iterations 6% faster (two one-thread runs side by side, 1.55 vs 1.64 s over 1000 iterations) at
-# box / mask AP 47.6 / 43.7 against 45.5 / 42.2 with 2x2 (same encoder, seed 0, one thread).
+# Mask RoIs: one sample per bin. A bin of a 14x14 RoI (10x10 now, below) of these 15-90 px objects
+# spans at most ~2 cells of P2, and torchvision's CPU RoIAlign backward is a scalar loop over
+# samples: 4x fewer samples made iterations 6% faster (two one-thread runs side by side, 1.55 vs
+# 1.64 s over 1000 iterations) at box / mask AP 47.6 / 43.7 against 45.5 / 42.2 with 2x2 (same
+# encoder, seed 0, one thread).
 model.roi_heads.box_pooler.sampling_ratio = 2
 model.roi_heads.mask_pooler.sampling_ratio = 1
 # Same pooling, RoIAlign's backward as matrix products (greenmim_det/roi_align.py): torchvision's
@@ -65,8 +66,9 @@ model.roi_heads.mask_pooler._target_ = SeparableROIPooler
 # ground-truth boxes, and the detector's own classifier 55%. The conv head took box AP from 35.4
 # to 43.9 (1000 iterations, same encoder and seed); README.md ("Where the AP was lost") has the
 # table of head widths. 32 channels are kept for time: the mask head sees every foreground RoI
-# (128 per batch once the RPN works), and at 64 channels its forward + backward alone cost 225 ms
-# per iteration (65 ms at 32); the box head 67 ms at 64 channels, 28 ms at 32 (2 threads).
+# (then 128 per batch, 96 with today's 48 RoIs per image), and at 64 channels its forward +
+# backward alone cost 225 ms per iteration (65 ms at 32); the box head 67 ms at 64 channels, 28 ms
+# at 32 (2 threads).
 model.roi_heads.box_head.conv_dims = [32, 32]
 model.roi_heads.box_head.conv_norm = "GN"
 model.roi_heads.box_head.fc_dims = [256]
