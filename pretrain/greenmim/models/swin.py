@@ -183,6 +183,27 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
         for stage in self.layers:
             stage.grad_checkpointing = enable
 
+    @property
+    def num_layers(self) -> int:
+        """Layer-decay depth: encoder parameters have ids 0 .. num_layers - 1, whatever sits on
+        top of the encoder (a classifier head, FPN) has id num_layers."""
+        return sum(self.depths) + 1
+
+    def layer_id(self, name: str) -> int:
+        """Layer-decay id of a parameter name (relative to the encoder): patch_embed is 0, block j
+        of stage i is sum(depths[:i]) + j + 1, stage i's patch merging shares the id of its last
+        block, the rest (the final norm) sum(depths)."""
+        parts = name.split(".")
+        if parts[0] == "patch_embed":
+            return 0
+        if parts[0] == "layers" and len(parts) > 2:
+            i = int(parts[1])
+            if parts[2] == "blocks":
+                return sum(self.depths[:i]) + int(parts[3]) + 1
+            if parts[2] == "downsample":
+                return sum(self.depths[: i + 1])
+        return sum(self.depths)
+
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None,
                 mask_token: Optional[torch.Tensor] = None, plans: Optional[dict] = None) -> List[torch.Tensor]:

@@ -146,6 +146,11 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    @property
+    def num_layers(self) -> int:
+        """Layer-decay depth: encoder ids are 0 .. num_layers - 1, what sits on top gets num_layers."""
+        return sum(self.depths) + 1
+
     def layer_id(self, name: str) -> int:
         """Layer-decay id of a parameter name: patch_embeds.0 is 0, block j of stage i is
         sum(depths[:i]) + j + 1, a stage's PEG shares block 0's id, the patch embedding into stage
