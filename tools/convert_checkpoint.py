@@ -25,7 +25,11 @@ except ImportError:
 
 from greenmim.config import UserError
 from greenmim.engine.checkpoint import atomic_save
-from greenmim_det.checkpoint import CheckpointError, convert_encoder_state_dict, load_checkpoint_file
+from greenmim.weights import CheckpointError, convert_encoder_state_dict, read_file as _read_file
+
+
+def load_checkpoint_file(path, trust_pickle=False):
+    return _read_file(path, trust_pickle=trust_pickle)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -14,6 +14,8 @@ from .backbone import (
 from .checkpoint import (
     ArchitectureMismatchError,
     CheckpointError,
+    GreenCheckpointer,
+    LayoutError,
     convert_encoder_state_dict,
     load_checkpoint_file,
     load_encoder_weights,
@@ -34,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "GreenCheckpointer",
     "GreenCOCOEvaluator",
+    "LayoutError",
     "convert_encoder_state_dict",
     "load_checkpoint_file",
     "load_encoder_weights",
@@ -51,11 +54,7 @@ __all__ = [
 
 
 def __getattr__(name):
-    # evaluation and the checkpointer pull in more of detectron2; load them on first use
-    if name == "GreenCheckpointer":
-        from .checkpoint import GreenCheckpointer
-
-        return GreenCheckpointer
+    # evaluation pulls in more of detectron2 (pycocotools); load it on first use
     if name == "GreenCOCOEvaluator":
         from .evaluation import GreenCOCOEvaluator
 
