@@ -1,0 +1,227 @@
+#!/usr/bin/env python
+"""The demo's report: <output>/report.md and <output>/curves.png, from summary.json and the stages' logs.
+
+tools/demo.py writes both at its end; run this to redo them for a finished demo folder:
+
+    python tools/demo_report.py output/demo
+    python tools/demo_report.py output/demo --docs docs/images    # + the README's two pictures
+
+report.md holds the AP table, the training curves, a few ground truth | prediction pictures, the
+reconstruction figure, the stage times and the machine, every picture embedded by a path relative
+to the output folder, so it renders in any Markdown viewer (and on GitHub, folder and all).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+from urllib.parse import quote, unquote
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the tools beside this file
+import plot_curves  # noqa: E402
+from demo import _fmt_time, ap_table  # noqa: E402
+
+REPORT, CURVES = "report.md", "curves.png"
+MAX_DETECTION_PICTURES = 3
+
+
+def _mmss(seconds: Optional[float]) -> str:
+    return "-" if seconds is None else _fmt_time(seconds)
+
+
+def find_logs(out_dir: str) -> List[str]:
+    """The training logs of the demo's stages: <out_dir>/<stage folder>/log.jsonl or metrics.json."""
+    logs = []
+    for name in sorted(os.listdir(out_dir)):
+        for log in plot_curves.LOG_NAMES:
+            path = os.path.join(out_dir, name, log)
+            if os.path.isfile(path):
+                logs.append(path)
+    return logs
+
+
+def write_curves(out_dir: str, title: Optional[str] = None) -> Tuple[Optional[str], str]:
+    """Plots every recognised log under out_dir into <out_dir>/curves.png.
+    Returns (the PNG's path relative to out_dir or None, a note on what was plotted or why not)."""
+    curves, skipped = [], []
+    for path in find_logs(out_dir):
+        try:
+            curves.append(plot_curves.load_log(path, label=os.path.basename(os.path.dirname(path))))
+        except plot_curves.LogError as e:
+            skipped.append(str(e))
+    if not curves:
+        return None, "no training logs found" + (f" ({'; '.join(skipped)})" if skipped else "")
+    try:
+        plot_curves.plot(curves, os.path.join(out_dir, CURVES), title=title)
+    except Exception as e:  # noqa: BLE001 - a failed plot must not fail a finished demo
+        return None, f"plotting failed ({type(e).__name__}: {e})"
+    note = ", ".join(f"`{os.path.relpath(c.path, out_dir)}` ({c.kind})" for c in curves)
+    return CURVES, note
+
+
+def machine() -> Dict[str, str]:
+    """What the demo ran on, in words (for people comparing times)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"CPU": f"{cpu}, {os.cpu_count()} cores",
+            "load average (1 / 5 / 15 min)": " / ".join(f"{x:.1f}" for x in os.getloadavg())}
+    try:
+        info["memory"] = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        pass
+    info["OS"] = platform.platform()
+    info["Python"] = platform.python_version()
+    try:
+        import torch
+
+        info["torch"] = f"{torch.__version__}, {torch.get_num_threads()} threads"
+        if torch.cuda.is_available():
+            info["GPU"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def _image(rel: str, alt: str) -> str:
+    return f"![{alt}]({quote(rel)})"
+
+
+def linked_files(markdown: str) -> List[str]:
+    """The relative paths of the pictures a report embeds, in order."""
+    return [unquote(m) for m in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)]
+
+
+def render(summary: Dict, curves: Optional[str], curves_note: str, info: Dict[str, str]) -> str:
+    """summary.json's content (+ the curves' relative path) -> report.md's text."""
+    s = summary.get("settings", {})
+    metrics = summary.get("metrics", {})
+    rows = {"GreenMIM-pretrained": metrics.get("pretrained")}
+    if "random_init" in metrics:
+        rows["random init"] = metrics["random_init"]
+    kind = "quick (toy sizes)" if s.get("quick") else "full"
+    out = [
+        "# GreenMIM demo report",
+        "",
+        f"{kind} run, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {_mmss(summary.get('total_seconds'))} (m:ss) "
+        f"for all stages, {_mmss(summary.get('this_run_seconds'))} in this run; device {s.get('device', '?')}; "
+        f"{s.get('num_train', '?')} train / {s.get('num_val', '?')} val images of {s.get('img_size', '?')} px, "
+        f"{s.get('pretrain_epochs', '?')} pretraining epochs, {s.get('finetune_iters', '?')} Mask R-CNN iterations.",
+        "",
+        "## COCO evaluation on the synthetic val split",
+        "",
+        ap_table(rows),
+    ]
+    others = {k: v for k, v in metrics.items() if k not in ("pretrained", "random_init")}
+    for name, value in others.items():
+        out += ["", f"{name}: `{json.dumps(value)}`"]
+    out += ["", "## Training curves", ""]
+    out += [_image(curves, "training curves"), "", f"From {curves_note}."] if curves else [f"No curves: {curves_note}."]
+    pictures = summary.get("pictures", [])
+    detections = [p for p in pictures if p.startswith("detections/")]
+    if detections:
+        out += ["", "## Detections on val images: ground truth | prediction", ""]
+        for p in detections[:MAX_DETECTION_PICTURES]:
+            out += [_image(p, os.path.basename(p)), ""]
+        if len(detections) > MAX_DETECTION_PICTURES:
+            out += [f"{len(detections) - MAX_DETECTION_PICTURES} more in `detections/`."]
+        else:
+            out.pop()
+    for p in (p for p in pictures if p not in detections):
+        if p == "reconstruction.png":
+            out += ["", "## What the pretrained model fills in", "",
+                    "Columns: original | masked input | prediction | its masked units pasted into the original."]
+        else:
+            out += ["", f"## {os.path.splitext(os.path.basename(p))[0]}"]
+        out += ["", _image(p, os.path.basename(p))]
+    out += ["", "## Stage times", "", "| stage | wall time (m:ss) | CPU time of the tool (m:ss) | note |", "|---|---|---|---|"]
+    for name, t in summary.get("stages", {}).items():
+        extra = "reused from an earlier run" if t.get("reused") else ""
+        if t.get("of_which_evaluation_seconds") is not None:
+            extra = ", ".join(filter(None, [extra, f"evaluation {_mmss(t['of_which_evaluation_seconds'])}"]))
+        out.append(f"| {name} | {_mmss(t.get('seconds'))} | {_mmss(t.get('cpu_seconds'))} | {extra} |")
+    out += ["", "## Machine", ""] + [f"- {k}: {v}" for k, v in info.items()]
+    out += ["", "## Files", "", "`summary.json` (everything above, as numbers), `logs/<stage>.log` (each tool's "
+            "full output), `stages/<stage>.json` (what a re-run reuses)."]
+    return "\n".join(out) + "\n"
+
+
+def write_report(out_dir: str, summary: Optional[Dict] = None) -> str:
+    """Writes <out_dir>/curves.png and <out_dir>/report.md (summary: summary.json's content, read
+    from out_dir when None). Returns report.md's path."""
+    if summary is None:
+        with open(os.path.join(out_dir, "summary.json")) as f:
+            summary = json.load(f)
+    curves, note = write_curves(out_dir, title="GreenMIM demo: training curves")
+    path = os.path.join(out_dir, REPORT)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(render(summary, curves, note, machine()))
+    os.replace(tmp, path)
+    return path
+
+
+DOCS_MAX_BYTES = 300_000  # pictures committed to the repository stay small
+
+
+def write_docs_pictures(out_dir: str, docs_dir: str, summary: Dict, picture: str = "") -> List[str]:
+    """Copies curves.png and one detection picture (`picture`, default the first) of a finished
+    demo into docs_dir as curves.png / detections.png, each under DOCS_MAX_BYTES (a 256-colour
+    palette where the full-colour PNG is larger). Returns the paths written."""
+    from PIL import Image
+
+    detections = [p for p in summary.get("pictures", []) if p.startswith("detections/")]
+    if picture and picture not in detections:
+        raise ValueError(f"{picture} is not one of the demo's pictures ({', '.join(detections)})")
+    sources = {"curves.png": CURVES, "detections.png": picture or (detections[0] if detections else None)}
+    os.makedirs(docs_dir, exist_ok=True)
+    written = []
+    for name, rel in sources.items():
+        if rel is None or not os.path.isfile(os.path.join(out_dir, rel)):
+            raise ValueError(f"{out_dir} has no {rel or 'detection picture'}")
+        image = Image.open(os.path.join(out_dir, rel)).convert("RGB")
+        dst = os.path.join(docs_dir, name)
+        image.save(dst, optimize=True)
+        if os.path.getsize(dst) > DOCS_MAX_BYTES:
+            image.quantize(colors=256).save(dst, optimize=True)
+        written.append(dst)
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("output", nargs="?", default=os.path.join("output", "demo"), help="a demo's output folder")
+    p.add_argument("--docs", default="", metavar="DIR",
+                   help="also copy curves.png and one detection picture into DIR (the README's docs/images)")
+    p.add_argument("--docs-picture", default="", help="which detection picture, e.g. detections/000003.png")
+    args = p.parse_args(argv)
+    summary_path = os.path.join(args.output, "summary.json")
+    try:
+        with open(summary_path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) else f"not JSON: {e}"
+        print(f"error: cannot read {summary_path} ({reason}); run tools/demo.py --output {args.output} first",
+              file=sys.stderr)
+        return 2
+    print(f"wrote {write_report(args.output, summary)}")
+    if args.docs:
+        try:
+            for path in write_docs_pictures(args.output, args.docs, summary, args.docs_picture):
+                print(f"wrote {path} ({os.path.getsize(path) // 1000} KB)")
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
