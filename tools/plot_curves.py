@@ -199,6 +199,9 @@ def _draw_panel(ax, runs: List[Curves], title: str, xlabel: str, ylabel: str, ke
     if drawn == 0:
         ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
         return
+    ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))  # steps, iterations, epochs
+    if "%" in ylabel:
+        ax.set_ylim(bottom=0)
     if log_y:
         ax.set_yscale("log")
     else:

@@ -11,7 +11,9 @@ Works with LazyConfig models (detectron2's demo only knows yacs configs):
     python tools/visualize_detections.py ... --dataset shapes_val --json val.json --image-root val/ \
         model.roi_heads.num_classes=5
 
-Images that cannot be read are skipped with a message. Class names come from the dataset given
+Pictures are drawn at a readable size: images under 512 px on both sides are enlarged to a 512 px
+short side (--scale sets the factor), and the label font follows the picture's size. Images that
+cannot be read are skipped with a message. Class names come from the dataset given
 with --dataset, else from the config's test dataset; trailing key=value pairs override the config.
 """
 import argparse
@@ -53,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-root", default="", help="image folder of --json")
     p.add_argument("--output", required=True, help="output folder for the PNGs")
     p.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this")
+    p.add_argument("--scale", type=float, default=0.0,
+                   help="drawing scale (default 0: images under 512 px on both sides are enlarged to a "
+                        "512 px short side, larger ones drawn at their size)")
     p.add_argument("--gt", action="store_true", help="ground truth | prediction side by side (needs --dataset)")
     p.add_argument("--max-images", type=int, default=0, help="draw at most this many images (0: all)")
     p.add_argument("--device", default="cpu" if not torch.cuda.is_available() else "cuda")
@@ -103,8 +108,33 @@ class Predictor:
         return outputs[0]["instances"].to("cpu")
 
 
-def draw(image_rgb, metadata, instances=None, record=None) -> np.ndarray:
-    vis = Visualizer(image_rgb, metadata)
+MIN_SHORT_SIDE = 512  # default drawing size of small images (labels readable at 100%)
+
+
+def auto_scale(height: int, width: int, min_short: int = MIN_SHORT_SIDE) -> float:
+    """The default drawing scale: an image smaller than `min_short` px on both sides (a thumbnail,
+    the demo's 192 px shapes) is enlarged until its short side is `min_short`; a bigger one (COCO's
+    640x480) is drawn at its own size, never upscaled."""
+    if max(height, width) >= min_short:
+        return 1.0
+    return min_short / min(height, width)
+
+
+class _Visualizer(Visualizer):
+    """detectron2's Visualizer with the label font sized for the output picture: detectron2's
+    default (10 pt at any scale, or sqrt(area) / 90) piles labels on top of small objects."""
+
+    def __init__(self, image_rgb: np.ndarray, metadata, scale: float):
+        super().__init__(image_rgb, metadata, scale=scale)
+        out_short = min(image_rgb.shape[:2]) * scale
+        # detectron2 draws labels at 0.6-1.0 x this size, multiplied by the scale (points at 100 dpi)
+        self._default_font_size = max(11.0, out_short / 36) / scale
+
+
+def draw(image_rgb: np.ndarray, metadata, scale: float = 1.0, instances=None, record=None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (round(H * scale), round(W * scale), 3) uint8 RGB with the
+    predicted `instances` (or the dataset `record`'s ground truth) drawn on it."""
+    vis = _Visualizer(image_rgb, metadata, scale)
     if instances is not None:
         out = vis.draw_instance_predictions(instances)
     else:
@@ -112,12 +142,24 @@ def draw(image_rgb, metadata, instances=None, record=None) -> np.ndarray:
     return out.get_image()
 
 
-def _label(image: np.ndarray, text: str) -> np.ndarray:
+def with_header(panel: np.ndarray, text: str) -> np.ndarray:
+    """(H, W, 3) -> (H + header, W, 3): a dark strip above the picture with `text`, so the title
+    covers none of the objects."""
     import cv2
 
-    image = image.copy()
-    cv2.putText(image, text, (5, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
-    return image
+    height, width = panel.shape[:2]
+    strip_h = max(22, round(min(height, width) * 0.06))
+    font_scale = strip_h / 40
+    strip = np.full((strip_h, width, 3), 32, dtype=np.uint8)
+    cv2.putText(strip, text, (max(4, strip_h // 4), round(strip_h * 0.72)), cv2.FONT_HERSHEY_SIMPLEX,
+                font_scale, (255, 255, 255), max(1, round(font_scale * 2)), cv2.LINE_AA)
+    return np.concatenate([strip, panel], axis=0)
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 6) -> np.ndarray:
+    """Two (H, W_i, 3) pictures -> (H, W_1 + gap + W_2, 3), a white gap between them."""
+    sep = np.full((left.shape[0], gap, 3), 255, dtype=np.uint8)
+    return np.concatenate([left, sep, right], axis=1)
 
 
 def _pick_dataset(args, cfg) -> Tuple[Optional[str], Dict[str, dict]]:
@@ -148,6 +190,8 @@ def main(argv=None) -> List[str]:
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
     if not args.input and not args.dataset:
         raise SystemExit("error: give --input images/folders or --dataset NAME")
+    if args.scale < 0:
+        raise SystemExit(f"error: --scale must be positive (or 0 for the default), got {args.scale}")
     if args.gt and not args.dataset:
         raise SystemExit("error: --gt needs --dataset (the split that holds the ground truth)")
     try:
@@ -173,14 +217,21 @@ def main(argv=None) -> List[str]:
             continue
         instances = predictor(image)
         instances = instances[instances.scores >= args.score_threshold]
-        panel = draw(image, metadata, instances=instances)
+        scale = args.scale or auto_scale(*image.shape[:2])
+        panel = draw(image, metadata, scale, instances=instances)
+        pred_title = f"prediction: {len(instances)} with score >= {args.score_threshold:.2f}"
         if args.gt:
             record = records.get(os.path.basename(path))
             if record is None:
                 print(f"{path}: no ground truth in '{dataset}', drawing the prediction only")
+                panel = with_header(panel, pred_title)
             else:
-                gt = draw(image, metadata, record=record)
-                panel = np.concatenate([_label(gt, "ground truth"), _label(panel, "prediction")], axis=1)
+                gt = draw(image, metadata, scale, record=record)
+                n_gt = len(record.get("annotations", []))
+                panel = side_by_side(with_header(gt, f"ground truth: {n_gt} objects"),
+                                     with_header(panel, pred_title))
+        else:
+            panel = with_header(panel, pred_title)
         stem = os.path.splitext(os.path.basename(path))[0]
         out_path = os.path.join(args.output, stem + ".png")
         from PIL import Image
