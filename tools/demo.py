@@ -23,10 +23,12 @@ that finished writes <output>/stages/<stage>.json; a re-run reuses it when its s
 and config files) and the stages it depends on are unchanged, so an interrupted demo continues
 where it stopped (pretraining resumes from its last checkpoint). --restart redoes everything.
 The demo only ever deletes the folders it creates inside the output folder.
+One demo at a time per output folder: a second one on a folder in use stops with one line.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -567,6 +569,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     settings = resolve_settings(args)
     out = os.path.abspath(args.output)
+    from greenmim.config import UserError
+    from greenmim.engine.run_lock import hold_output_dir
+
+    with contextlib.ExitStack() as held:
+        try:  # one demo per folder; its own lock name, as its stages lock their subfolders
+            held.enter_context(hold_output_dir(out, option="--output", name=".demo.lock"))
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return _demo(args, settings, out)
+
+
+def _demo(args: argparse.Namespace, settings: Dict, out: str) -> int:
     demo = Demo(out, settings, verbose=args.verbose)
     if args.restart and os.path.isdir(out):
         print(f"--restart: removing the demo's previous results in {out}")

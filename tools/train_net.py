@@ -15,9 +15,12 @@ max_iter, amp, ddp, checkpointer, eval_period, log_period, device and seed.
 
 Bad input ends with one `error: ...` line: an override key the config does not have, a dataset
 or checkpoint that cannot be used (pickled code included: nothing in a checkpoint is executed),
-a disk that is full while saving. Snapshots are written atomically (GreenCheckpointer), so a
-run killed at any moment continues with --resume from its last complete snapshot.
+a disk that is full while saving. An output_dir another run is using ends the program at once
+with one line and exit status 2 (the lock goes with that run, SIGKILL included). Snapshots are
+written atomically (GreenCheckpointer), so a run killed at any moment continues with --resume
+from its last complete snapshot.
 """
+import contextlib
 import logging
 import os
 import sys
@@ -48,6 +51,8 @@ from greenmim_det.checkpoint import CheckpointError, GreenCheckpointer
 from greenmim_det.config_check import UnknownConfigKeyError, check_override_keys
 from greenmim_det.data import DatasetError, dataset_thing_classes, ensure_dataset
 from greenmim_det.torchrun import ddp_device_kwargs, init_torchrun_process_groups, started_by_torchrun
+from greenmim.config import UserError
+from greenmim.engine.run_lock import hold_output_dir
 
 logger = logging.getLogger("detectron2")
 
@@ -145,6 +150,18 @@ def main(args):
     cfg = prepare_config(cfg)
     if started_by_torchrun():
         init_torchrun_process_groups(cfg.train.device)
+    with contextlib.ExitStack() as held:
+        try:  # one run per output folder: a second one stops here, before writing anything into it
+            held.enter_context(hold_output_dir(cfg.train.output_dir, enabled=comm.is_main_process(),
+                                               option="train.output_dir", sync=True))
+        except UserError as e:
+            if comm.is_main_process():
+                print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        return _setup_and_run(args, cfg)
+
+
+def _setup_and_run(args, cfg):
     default_setup(cfg, args)
     try:
         if args.eval_only:

@@ -28,6 +28,7 @@ from .build import build_model
 from .data import build_dataset, build_loader, skipped_images
 from .logger import TrainLogger
 from .optim import build_optimizer, lr_at, scaled_lr
+from .run_lock import hold_output_dir
 from .train import StepConfig, TrainState, train_one_epoch
 from .visualize import save_reconstruction
 
@@ -67,7 +68,9 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Trains as the config says; returns a summary dict (final step, paths). Raises UserError."""
     info = gdist.init_distributed(cfg["device"], timeout_s=cfg["dist_timeout_s"])
     try:
-        return _run(cfg, info)
+        # one run per output folder (rank 0 holds the lock; a refusal stops every rank)
+        with hold_output_dir(cfg["output_dir"], enabled=info.is_main, sync=True):
+            return _run(cfg, info)
     finally:
         gdist.cleanup()
 

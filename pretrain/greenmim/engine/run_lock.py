@@ -28,6 +28,9 @@ import socket
 import warnings
 from typing import Dict, Iterator, Optional, Set
 
+import torch
+import torch.distributed as dist
+
 from ..config import UserError
 
 LOCK_NAME = ".run.lock"
@@ -88,9 +91,31 @@ def _warn_no_locks(lock_path: str, err: OSError) -> None:
                       "stopped; going on without the lock", RuntimeWarning, stacklevel=4)
 
 
+def _rank0_says(refused: bool) -> bool:
+    """Rank 0's verdict, broadcast to every process of the job (unchanged when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return refused
+    on_gpu = dist.get_backend() == "nccl"
+    flag = torch.tensor([int(refused)], device=torch.device("cuda", torch.cuda.current_device())
+                        if on_gpu else torch.device("cpu"))
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
+@contextlib.contextmanager
+def _tell_others() -> Iterator[None]:
+    """Broadcasts whether the block (rank 0 taking the lock) raised, then lets the error go on."""
+    try:
+        yield
+    except BaseException:
+        _rank0_says(True)
+        raise
+    _rank0_says(False)
+
+
 @contextlib.contextmanager
 def hold_output_dir(path: str, enabled: bool = True, option: str = "output_dir",
-                    name: str = LOCK_NAME) -> Iterator[None]:
+                    name: str = LOCK_NAME, sync: bool = False) -> Iterator[None]:
     """Holds `<path>/<name>` locked for the duration of the block; creates `path` if needed.
 
     Args:
@@ -99,12 +124,23 @@ def hold_output_dir(path: str, enabled: bool = True, option: str = "output_dir",
         option: the setting's name in the refusal's advice ("output_dir", "train.output_dir").
         name: the lock file's name; a tool driving other tools that lock the same folder uses its
             own name so that it does not block them.
+        sync: every process of an initialised torch.distributed job enters together; when rank 0
+            is refused, the others raise too (one broadcast) instead of waiting for it at their
+            next collective. Only rank 0 (enabled=True) touches the file.
     Raises:
         OutputDirInUse: another process holds the lock (or this one does, in another block).
         UserError: the folder or the lock file cannot be created (permissions, read-only disk).
     """
     if not enabled:
+        if sync and _rank0_says(False):
+            raise OutputDirInUse(f"output folder {path} is in use by another run (see rank 0's error)")
         yield
+        return
+    if sync:
+        with contextlib.ExitStack() as stack:
+            with _tell_others():
+                stack.enter_context(hold_output_dir(path, True, option, name))
+            yield
         return
     path = str(path)
     try:
