@@ -24,7 +24,7 @@ from .swin_blocks import PatchMerging, SwinBlock
 from .encoder_input import MaskedImageInput
 from .token_layout import gather_tokens, merge_index, stage_layouts
 from .ragged_plan import RaggedPlan
-from .window_plans import GroupPlan, WindowPlan
+from .window_plans import GroupPlan, WindowPlan, compute_dtype
 
 ATTENTION_MODES = ("auto", "group", "ragged")
 
@@ -100,14 +100,30 @@ class SwinStage(nn.Module):
         self.downsample = PatchMerging(dim) if downsample else None
         self.grad_checkpointing = False
 
+    def block_biases(self, plans, dtype: torch.dtype) -> List[torch.Tensor]:
+        """Every block's attention bias (relative position bias + window mask), one gather per
+        plan for all blocks that use it, in the compute dtype (no per-block cast)."""
+        biases: List[Optional[torch.Tensor]] = [None] * len(self.blocks)
+        for shifted in (False, True):
+            ids = [j for j, blk in enumerate(self.blocks) if blk.shifted == shifted]
+            plan = plans[1 if shifted else 0]
+            if not ids or not hasattr(plan, "pair_bias"):  # ragged plans add the bias in-kernel
+                continue
+            tables = torch.stack([self.blocks[j].attn.relative_position_bias_table for j in ids])
+            stacked = plan.pair_bias(tables)
+            for j, bias in zip(ids, stacked.to(dtype).unbind(0)):
+                biases[j] = bias
+        return biases
+
     def run_blocks(self, x: torch.Tensor, plans) -> torch.Tensor:
         """plans: (regular, shifted) attention plans for this stage's layout."""
-        for block in self.blocks:
+        biases = self.block_biases(plans, compute_dtype(x))
+        for block, bias in zip(self.blocks, biases):
             plan = plans[1] if block.shifted else plans[0]
             if self.grad_checkpointing and x.requires_grad:
-                x = cp.checkpoint(block, x, plan, use_reentrant=False)
+                x = cp.checkpoint(block, x, plan, bias, use_reentrant=False)
             else:
-                x = block(x, plan)
+                x = block(x, plan, bias)
         return x
 
 

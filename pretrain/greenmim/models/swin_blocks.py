@@ -8,6 +8,8 @@ attn.relative_position_bias_table, norm1, norm2, mlp.fc1, mlp.fc2, downsample.re
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp, trunc_normal_
@@ -30,9 +32,13 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x: torch.Tensor, plan) -> torch.Tensor:
-        """x [B, H, W, C] or [B, N, C]; plan: WindowPlan or GroupPlan of the same layout."""
-        return self.proj(plan.attention(self.qkv(x), self.relative_position_bias_table, self.num_heads))
+    def forward(self, x: torch.Tensor, plan, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [B, H, W, C] or [B, N, C]; plan: WindowPlan or GroupPlan of the same layout; bias:
+        this block's entry of plan.pair_bias (made once for all blocks of a stage), or None to
+        derive it here from the block's own table."""
+        if bias is None:
+            return self.proj(plan.attention(self.qkv(x), self.relative_position_bias_table, self.num_heads))
+        return self.proj(plan.attend(self.qkv(x), bias, self.num_heads))
 
 
 class SwinBlock(nn.Module):
@@ -46,8 +52,8 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x: torch.Tensor, plan) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), plan))
+    def forward(self, x: torch.Tensor, plan, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), plan, bias))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

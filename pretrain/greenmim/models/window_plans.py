@@ -13,23 +13,18 @@ device once; blocks never synchronise with the host.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .grouping import Grouping, plan_grouping
+from .grouping import Grouping, pack_min_groups, plan_grouping
 
 
 def relative_position_index(drow: torch.Tensor, dcol: torch.Tensor, window: int) -> torch.Tensor:
     """Swin's bias-table row for coordinate differences in (-window, window)."""
     span = 2 * window - 1
     return (drow + window - 1) * span + (dcol + window - 1)
-
-
-def _bias_from_table(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """table [(2w-1)^2, heads], index [..., L, L] -> bias [..., heads, L, L]."""
-    return table[index].movedim(-1, -3)
 
 
 def _split_heads(qkv: torch.Tensor, num_heads: int):
@@ -40,21 +35,49 @@ def _split_heads(qkv: torch.Tensor, num_heads: int):
     return q, k, v
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v for q, k, v [..., heads, L, d] and bias [..., heads, L, L].
+# "auto": SDPA on CUDA, where the memory-efficient kernel takes an additive bias and returns its
+# gradient (PyTorch >= 2.1); on CPU a learnable bias sends SDPA to its generic math path, which
+# costs more ops than the two batched matmuls below.
+ATTENTION_KERNELS = ("auto", "sdpa", "matmul")
+_attention_kernel = "auto"
 
-    A learnable bias sends scaled_dot_product_attention to its generic math path on CPU and CUDA
-    (the fused kernels return no bias gradient), which is slower than these three ops; without a
-    gradient the fused kernels win. Rows are never fully masked (see _allowed_to_additive), so the
-    plain softmax is safe.
-    """
-    if bias is None:
-        return F.scaled_dot_product_attention(q, k, v)
-    bias = bias.to(q.dtype)
-    if not (torch.is_grad_enabled() and bias.requires_grad):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).add_(bias)
-    return torch.matmul(scores.softmax(-1), v)
+
+def set_attention_kernel(kernel: str) -> None:
+    """Selects how window attention computes softmax(q k^T / sqrt(d) + bias) v (see ATTENTION_KERNELS)."""
+    global _attention_kernel
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel '{kernel}' is not one of {ATTENTION_KERNELS}")
+    _attention_kernel = kernel
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Attention inside windows (or groups): q, k, v [B, heads, n, t, d] (n windows of t
+    tokens); bias None or additive, broadcastable to [B, heads, n, t, t] -> [B, heads, n, t, d].
+
+    One batched matmul per product with the scale folded into the bias add: the whole core is
+    bmm, add, softmax, bmm (no copies of q, k or v)."""
+    b, h, n, t, d = q.shape
+    kernel = _attention_kernel
+    if kernel == "sdpa" or (kernel == "auto" and q.is_cuda):
+        mask = None
+        if bias is not None:  # fused kernels want 4-D inputs and a mask of the same batch
+            mask = bias.to(q.dtype).expand(b, h, n, t, t).reshape(b * h, n, t, t)
+        out = F.scaled_dot_product_attention(q.reshape(b * h, n, t, d), k.reshape(b * h, n, t, d),
+                                             v.reshape(b * h, n, t, d), attn_mask=mask)
+        return out.view(b, h, n, t, d)
+    scores = torch.bmm(q.reshape(-1, t, d), k.reshape(-1, t, d).transpose(1, 2)).view(b, h, n, t, t)
+    scale = d ** -0.5
+    scores = scores * scale if bias is None else torch.add(bias.to(scores.dtype), scores, alpha=scale)
+    out = torch.bmm(scores.softmax(-1).view(-1, t, t), v.reshape(-1, t, d))
+    return out.view(b, h, n, t, d)
+
+
+def compute_dtype(like: torch.Tensor) -> torch.dtype:
+    """The dtype attention scores have under the current autocast state (like's dtype without)."""
+    if torch.is_autocast_enabled(like.device.type):
+        return torch.get_autocast_dtype(like.device.type)
+    return like.dtype
 
 
 def _merge_heads(out: torch.Tensor) -> torch.Tensor:
@@ -116,21 +139,37 @@ class WindowPlan:
         return cls(height, width, window, shift, rel.to(dev),
                    None if attn_mask is None else attn_mask.to(dev, non_blocking=True))
 
+    def pair_bias(self, tables: torch.Tensor) -> Optional[torch.Tensor]:
+        """Additive attention bias of K blocks that share this plan: tables [K, (2w-1)^2, heads]
+        (or None: no relative position bias) -> [K, heads, 1, T, T], or [K, Bm, heads, nW, T, T]
+        with a mask; None when there is neither bias nor mask. One gather for the K blocks."""
+        mask = None if self.attn_mask is None else self.attn_mask.movedim(2, 1)  # [Bm, 1, nW, T, T]
+        if tables is None:
+            return None if mask is None else mask.unsqueeze(0)
+        bias = tables[:, self.rel_index].permute(0, 3, 1, 2).unsqueeze(2)        # [K, heads, 1, T, T]
+        return bias if mask is None else bias.unsqueeze(1) + mask
+
     def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
         """qkv [B, H, W, 3C] -> attention output [B, H, W, C]. table: bias table or None (no bias)."""
-        b, h, w, _ = qkv.shape
-        pad_h, pad_w = -h % self.window, -w % self.window
+        bias = self.pair_bias(None if table is None else table.unsqueeze(0))
+        return self.attend(qkv, None if bias is None else bias[0], num_heads)
+
+    def attend(self, qkv: torch.Tensor, bias: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
+        """qkv [B, H, W, 3C], bias: one block's entry of pair_bias -> attention output [B, H, W, C]."""
+        b, h, w, three_c = qkv.shape
+        ws = self.window
+        pad_h, pad_w = -h % ws, -w % ws
         if pad_h or pad_w:
             qkv = F.pad(qkv, (0, 0, 0, pad_w, 0, pad_h))
         if self.shift:
             qkv = qkv.roll((-self.shift, -self.shift), dims=(1, 2))
         hp, wp = qkv.shape[1:3]
-        q, k, v = _split_heads(_partition(qkv, self.window), num_heads)  # [B, nW, heads, T, d]
-        bias = None if table is None else _bias_from_table(table, self.rel_index)  # [heads, T, T]
-        if self.attn_mask is not None:
-            bias = self.attn_mask if bias is None else bias + self.attn_mask
-        out = _attend(q, k, v, bias)
-        out = _unpartition(_merge_heads(out), self.window, hp, wp)
+        nr, nc, d = hp // ws, wp // ws, three_c // (3 * num_heads)
+        # One copy partitions the windows and splits q, k, v and heads: [3, B, heads, nW, T, d].
+        q, k, v = (qkv.view(b, nr, ws, nc, ws, 3, num_heads, d).permute(5, 0, 6, 1, 3, 2, 4, 7)
+                   .reshape(3, b, num_heads, nr * nc, ws * ws, d).unbind(0))
+        out = window_attention(q, k, v, bias)                                   # [B, heads, nW, T, d]
+        out = out.view(b, num_heads, nr, nc, ws, ws, d).permute(0, 2, 4, 3, 5, 1, 6).reshape(b, hp, wp, -1)
         if self.shift:
             out = out.roll((self.shift, self.shift), dims=(1, 2))
         return out[:, :h, :w]
@@ -143,11 +182,8 @@ def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
     return x.reshape(b, (h // window) * (w // window), window * window, c)
 
 
-def _unpartition(x: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
-    """Inverse of _partition: [B, nW, T, C] -> [B, H, W, C]."""
-    b, _, _, c = x.shape
-    x = x.view(b, h // window, w // window, window, window, c).transpose(2, 3)
-    return x.reshape(b, h, w, c)
+class PlanOverflow(Exception):
+    """The visible tokens of a stage do not fit the static (groups, capacity) asked for."""
 
 
 @dataclass
@@ -155,22 +191,29 @@ class GroupPlan:
     """Group Window Attention over visible tokens.
 
     Tokens of `plan_samples` samples (1 for a batch-shared mask, B for per-sample masks) are laid
-    out as one list of P*N tokens; groups may hold windows of different samples.
+    out as one list of P*N tokens; groups may hold windows of different samples. The plan keeps
+    O(G*g) facts per slot; the O(G*g*g) pair tensors (bias rows, window mask) are derived from
+    them where the plan runs, once per step and stage (pair_bias).
     """
-    gather: torch.Tensor      # [G*g] token feeding each group slot (padding slots point at 0)
-    scatter: torch.Tensor     # [P*N] slot holding each token
-    rel_index: torch.Tensor   # [G, g, g] bias-table rows from true coordinates
-    attn_mask: torch.Tensor   # [G, 1, g, g] additive: 0 inside a window, -inf across/padding
+    gather: torch.Tensor       # [G*g] token feeding each group slot (padding slots point at 0)
+    scatter: torch.Tensor      # [P*N] slot holding each token
+    slot_code: torch.Tensor    # [G, g] r*(2w-1)+c of the slot's token inside its window
+    slot_window: torch.Tensor  # [G, g] window of the slot's token, -1 for padding
+    window: int
     num_groups: int
     capacity: int
     plan_samples: int
-    num_tokens: int           # N per sample
-    padded_fraction: float    # padding slots / real tokens, for reports
+    num_tokens: int            # N per sample
+    padded_fraction: float     # padding slots / real tokens, for reports
 
     @classmethod
     def build(cls, rows: torch.Tensor, cols: torch.Tensor, height: int, width: int,
-              window: int, shift: int, device=None) -> "GroupPlan":
-        """rows, cols: long [P, N] true grid coordinates of the visible tokens (CPU)."""
+              window: int, shift: int, device=None,
+              static: Optional[Tuple[int, int]] = None) -> "GroupPlan":
+        """rows, cols: long [P, N] true grid coordinates of the visible tokens (CPU).
+
+        static: (groups, capacity) to pad the plan to, so that its shapes do not depend on the
+        mask (see static_shapes.py); raises PlanOverflow when the tokens do not fit."""
         p, n = rows.shape
         offset = (window - shift) % window
         rows_o, cols_o = rows + offset, cols + offset
@@ -185,9 +228,14 @@ class GroupPlan:
         span = 2 * window - 1
         code = ((rows_o % window) * span + cols_o % window).flatten()              # [P*N]
         sizes = torch.bincount(win, minlength=p * n_wr * n_wc)
-        grouping = plan_grouping(sizes.tolist(), window * window)
+        if static is None:
+            grouping = plan_grouping(sizes.tolist(), window * window)
+            n_groups = len(grouping.groups)
+        else:
+            n_groups, g_static = static
+            grouping = static_grouping(sizes.tolist(), n_groups, g_static)
         slot_sorted, order = _slots(win, sizes, grouping)
-        g, n_groups = grouping.capacity, len(grouping.groups)
+        g = grouping.capacity
 
         scatter = torch.empty(p * n, dtype=torch.long)
         scatter[order] = slot_sorted
@@ -195,34 +243,102 @@ class GroupPlan:
         gather[slot_sorted] = order
         slot_win = torch.full((n_groups * g,), -1, dtype=torch.long)  # -1 marks a padding slot
         slot_win[slot_sorted] = win[order]
-
-        # Per-slot facts are O(G*g) on the host; each O(G*g*g) pair tensor is one op on the device
-        # (these pair tensors were most of a large per-sample plan's time when built element-wise).
         dev = device if device is not None else torch.device("cpu")
         move = lambda t: t.to(dev, non_blocking=True)  # noqa: E731
-        slot_win = move(slot_win.view(n_groups, g))
-        slot_code = move(code[gather].view(n_groups, g))
-        rel = (slot_code + (window - 1) * (span + 1))[:, :, None] - slot_code[:, None, :]
-        # Cross-window pairs get an in-range index and are masked. Padding slots (window -1) see
-        # only padding, so no row is empty and no real token ever sees padding.
-        same = slot_win[:, :, None] == slot_win[:, None, :]
-        attn_mask = torch.where(same, 0.0, float("-inf")).to(torch.float32).unsqueeze(1)
-        return cls(move(gather), move(scatter), rel, attn_mask, n_groups, g, p, n,
+        return cls(move(gather), move(scatter), move(code[gather].view(n_groups, g)),
+                   move(slot_win.view(n_groups, g)), window, n_groups, g, p, n,
                    (n_groups * g - p * n) / max(p * n, 1))
+
+    @property
+    def rel_index(self) -> torch.Tensor:
+        """[G, g, g] bias-table row of every slot pair (in range for every pair; cross-window pairs
+        are masked)."""
+        span = 2 * self.window - 1
+        code = self.slot_code
+        return (code + (self.window - 1) * (span + 1))[:, :, None] - code[:, None, :]
+
+    @property
+    def attn_mask(self) -> torch.Tensor:
+        """[G, 1, g, g] additive: 0 inside a window, -inf across windows and to/from padding.
+        A padding slot (window -1) sees only itself, so no row is empty, no real token ever sees
+        padding, and padding gradients stay exactly zero (see _SlotGather)."""
+        win = self.slot_window
+        same = (win[:, :, None] == win[:, None, :]) & (win >= 0)[:, :, None]
+        self_only = torch.eye(self.capacity, dtype=torch.bool, device=win.device)
+        return torch.where(same | self_only, 0.0, float("-inf")).to(torch.float32).unsqueeze(1)
+
+    def pair_bias(self, tables: Optional[torch.Tensor]) -> torch.Tensor:
+        """Bias + window mask of K blocks that share this plan: tables [K, (2w-1)^2, heads] (None:
+        no relative position bias) -> [K, heads, G, g, g]. One gather for the K blocks."""
+        mask = self.attn_mask.transpose(0, 1)                                   # [1, G, g, g]
+        if tables is None:
+            return mask.unsqueeze(0)
+        return tables[:, self.rel_index].permute(0, 4, 1, 2, 3) + mask
 
     def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
         """qkv [B, N, 3C] -> attention output [B, N, C]. table: the bias table [(2w-1)^2, heads],
         or None for window attention without relative position bias."""
+        return self.attend(qkv, self.pair_bias(None if table is None else table.unsqueeze(0))[0], num_heads)
+
+    def attend(self, qkv: torch.Tensor, bias: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """qkv [B, N, 3C], bias: one block's entry of pair_bias -> attention output [B, N, C].
+
+        The gather of the group slots also splits q, k, v and heads ([3, B/P, heads, G*g, d] from
+        one index_select of a permuted view), and the scatter back reads the heads in place, so
+        the only copies are the two index_selects."""
         b, n, three_c = qkv.shape
-        flat = qkv.reshape(b // self.plan_samples, self.plan_samples * n, three_c)
-        grouped = flat.index_select(1, self.gather).view(-1, self.num_groups, self.capacity, three_c)
-        q, k, v = _split_heads(grouped, num_heads)                      # [B/P, G, heads, g, d]
-        bias = self.attn_mask                                           # [G, 1, g, g]
-        if table is not None:
-            bias = _bias_from_table(table, self.rel_index) + bias       # [G, heads, g, g]
-        out = _attend(q, k, v, bias)
-        out = _merge_heads(out).flatten(1, 2)                           # [B/P, G*g, C]
-        return out.index_select(1, self.scatter).view(b, n, three_c // 3)
+        p, g_count, g = self.plan_samples, self.num_groups, self.capacity
+        d = three_c // (3 * num_heads)
+        slots = _SlotGather.apply(qkv.view(b // p, p * n, 3, num_heads, d), self.gather, self.scatter)
+        q, k, v = slots.view(3, b // p, num_heads, g_count, g, d).unbind(0)     # [B/P, heads, G, g, d]
+        out = window_attention(q, k, v, bias)
+        return _SlotScatter.apply(out.view(b // p, num_heads, g_count * g, d), self.scatter,
+                                  self.gather).view(b, n, three_c // 3)
+
+
+# Gather and scatter are inverse permutations on the real tokens, so each one's backward is the
+# other's index_select (one op, instead of zeros + index_add, and no layout copy). That is exact
+# because nothing a padding slot computes reaches a real token or a weight: a padding slot attends
+# only to itself (attn_mask), so its softmax gradient is exactly 0 whatever gradient arrives there,
+# and its value gradient stays in the slot, which the gather's backward never reads.
+class _SlotGather(torch.autograd.Function):
+    """qkv [B', P*N, 3, heads, d] -> slots [3, B', heads, G*g, d] (contiguous)."""
+
+    @staticmethod
+    def forward(ctx, qkv, gather, scatter):
+        ctx.save_for_backward(scatter)
+        return qkv.permute(2, 0, 3, 1, 4).index_select(3, gather)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scatter,) = ctx.saved_tensors
+        return grad.permute(1, 3, 0, 2, 4).index_select(1, scatter), None, None
+
+
+class _SlotScatter(torch.autograd.Function):
+    """out [B', heads, G*g, d] -> tokens [B', P*N, heads, d] (contiguous)."""
+
+    @staticmethod
+    def forward(ctx, out, scatter, gather):
+        ctx.save_for_backward(gather)
+        return out.transpose(1, 2).index_select(1, scatter)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (gather,) = ctx.saved_tensors
+        return grad.transpose(1, 2).index_select(2, gather), None, None
+
+
+def static_grouping(sizes: List[int], num_groups: int, capacity: int) -> Grouping:
+    """The fewest groups of `capacity` tokens for these window sizes, padded to `num_groups` empty
+    groups; PlanOverflow when a window is larger than the capacity or more groups are needed."""
+    if max(sizes, default=0) > capacity:
+        raise PlanOverflow(f"a window holds {max(sizes)} tokens, more than the capacity {capacity}")
+    items = [i for i, s in enumerate(sizes) if s > 0]
+    groups = [[items[j] for j in grp] for grp in pack_min_groups([sizes[i] for i in items], capacity)]
+    if len(groups) > num_groups:
+        raise PlanOverflow(f"{len(groups)} groups of {capacity} needed, {num_groups} available")
+    return Grouping(capacity=capacity, groups=groups)
 
 
 def _slots(win: torch.Tensor, sizes: torch.Tensor, grouping: Grouping):
