@@ -106,6 +106,33 @@ def test_second_holder_refused_and_lock_gone_with_the_holder(tmp_path):
         _reap(holder)
 
 
+def _rank_of_two(rank, path, store_path, results):
+    """One of two gloo processes entering hold_output_dir(sync=True) together."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    try:
+        with hold_output_dir(path, enabled=rank == 0, sync=True):
+            results[rank] = "ran"
+    except OutputDirInUse as e:
+        results[rank] = str(e)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_refusal_of_rank_0_stops_every_rank(tmp_path):
+    path = str(tmp_path / "out")
+    results = multiprocessing.get_context("fork").Manager().dict()
+    with hold_output_dir(path):
+        ranks = [_fork(_rank_of_two, r, path, str(tmp_path / "store"), results) for r in (0, 1)]
+        for p in ranks:
+            p.join(60)
+    assert [p.exitcode for p in ranks] == [0, 0]
+    assert f"pid {os.getpid()}," in results[0] and "in use by another run" in results[1]
+    ranks = [_fork(_rank_of_two, r, path, str(tmp_path / "store2"), results) for r in (0, 1)]
+    for p in ranks:
+        p.join(60)
+    assert [p.exitcode for p in ranks] == [0, 0] and results.copy() == {0: "ran", 1: "ran"}
+
+
 def test_filesystem_without_locks_warns_once_and_goes_on(tmp_path, monkeypatch):
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
