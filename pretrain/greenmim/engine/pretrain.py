@@ -5,8 +5,9 @@
 
 Problems the user can fix (bad config key, empty data folder, batch size that does not split over
 the processes, diverged loss or gradients, unreadable checkpoint, disk full, an output_dir that
-another run is using) end the program with one line `error: ...` and exit status 2. A process that loses the others (one died, or hung past
-`dist_timeout_s`) prints one `error:` line and exits with 3; SIGTERM prints one and exits with 143.
+another run is using) end the program with one line `error: ...` and exit status 2. A process
+that loses the others (one died, or hung past `dist_timeout_s`) prints one `error:` line and exits
+with 3; SIGTERM prints one and exits with 143.
 Checkpoints are atomic, so a kill at any moment loses only the steps since the last one.
 """
 from __future__ import annotations
