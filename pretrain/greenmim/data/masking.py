@@ -67,12 +67,17 @@ class MaskGenerator:
         return mask.expand(batch_size, -1, -1).clone() if self.shared else mask
 
 
-def check_mask(mask: torch.Tensor, batch_size: int, grid: Tuple[int, int]) -> int:
-    """Validates a unit mask and returns the per-sample visible count."""
+def check_mask_shape(mask: torch.Tensor, batch_size: int, grid: Tuple[int, int]) -> None:
+    """The checks that need no look at the mask's values (no host sync): dtype and shape."""
     if mask.dtype != torch.bool or mask.dim() != 3 or tuple(mask.shape) != (batch_size, *grid):
         raise ValueError(
             f"mask must be a bool tensor of shape [{batch_size}, {grid[0]}, {grid[1]}] "
             f"(True = masked 32 px unit), got {mask.dtype} {tuple(mask.shape)}")
+
+
+def check_mask(mask: torch.Tensor, batch_size: int, grid: Tuple[int, int]) -> int:
+    """Validates a unit mask and returns the per-sample visible count."""
+    check_mask_shape(mask, batch_size, grid)
     visible = (~mask).flatten(1).sum(1)
     if not bool((visible == visible[0]).all()):
         raise ValueError(

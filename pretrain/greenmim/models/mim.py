@@ -9,12 +9,12 @@ The mask is data: the engine draws it once per step (MaskGenerator) and passes i
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..data.masking import MASK_UNIT, check_mask, mask_grid_size
+from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, mask_grid_size
 from .decoder import MIMDecoder
 
 
@@ -88,19 +88,24 @@ class GreenMIM(nn.Module):
         names = {"encoder." + n for n in getattr(self.encoder, "no_weight_decay", lambda: set())()}
         return names | {"decoder.mask_token"}
 
-    def predict(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, L, unit*unit*C] predicted (normalised, with norm_pix_loss) pixels of every unit."""
+    def predict(self, images: torch.Tensor, mask: torch.Tensor, plans: Optional[dict] = None) -> torch.Tensor:
+        """[B, L, unit*unit*C] predicted (normalised, with norm_pix_loss) pixels of every unit.
+        plans: the encoder planner's result for this mask, made ahead (then nothing here waits
+        for the host: the mask was validated where it was planned)."""
         b, _, h, w = images.shape
-        check_mask(mask, b, mask_grid_size((h, w), self.unit))
+        grid = mask_grid_size((h, w), self.unit)
+        check_mask(mask, b, grid) if plans is None else check_mask_shape(mask, b, grid)
         # The encoder plans its sparse layout on the host: hand it the mask where it is (the engine
         # keeps masks on the CPU, so no device->host sync); the decoder needs it on the device.
-        latent = self.encoder(images, mask)[-1]
+        latent = self.encoder(images, mask, plans=plans)[-1]
         return self.decoder(self.encoder.norm(latent), mask.to(latent.device, non_blocking=True))
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, mask: torch.Tensor,
+                plans: Optional[dict] = None) -> Dict[str, torch.Tensor]:
         """Returns {"loss": scalar, "pred": [B, L, unit*unit*C], "mask": mask}.
-        The mask may live on the CPU (preferred: no host sync) or on the images' device."""
-        pred = self.predict(images, mask)
+        The mask may live on the CPU (preferred: no host sync) or on the images' device; plans as
+        in predict."""
+        pred = self.predict(images, mask, plans)
         loss = masked_unit_mse(pred, images, mask.to(pred.device, non_blocking=True),
                                self.norm_pix_loss, self.unit)
         return {"loss": loss, "pred": pred, "mask": mask}

@@ -14,13 +14,13 @@ The compute of both is the same, so speed and memory comparisons do not depend o
 from __future__ import annotations
 
 import inspect
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.masking import MASK_UNIT, check_mask, mask_grid_size
+from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, mask_grid_size
 from .mim import masked_unit_mse, patchify, unit_statistics, unpatchify
 
 
@@ -54,18 +54,23 @@ class SimMIM(nn.Module):
         names = {"encoder." + n for n in getattr(self.encoder, "no_weight_decay", lambda: set())()}
         return names | {"mask_token"}
 
-    def predict_pixels(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] predicted pixels of the whole image."""
+    def predict_pixels(self, images: torch.Tensor, mask: torch.Tensor,
+                       plans: Optional[dict] = None) -> torch.Tensor:
+        """[B, C, H, W] predicted pixels of the whole image. plans: the dense model needs none;
+        a dict (what the engine's mask collator hands every model) means the mask was validated
+        where it was drawn, so nothing here waits for the host."""
         b, _, h, w = images.shape
-        check_mask(mask, b, mask_grid_size((h, w), self.unit))
+        grid = mask_grid_size((h, w), self.unit)
+        check_mask(mask, b, grid) if plans is None else check_mask_shape(mask, b, grid)
         mask = mask.to(images.device, non_blocking=True)
         z = self.encoder(images, mask, mask_token=self.mask_token)[-1]        # [B, C4, H/32, W/32]
         z = self.encoder.norm(z.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)      # Swin's final norm
         return self.decoder(z)
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, mask: torch.Tensor,
+                plans: Optional[dict] = None) -> Dict[str, torch.Tensor]:
         """Returns {"loss": scalar, "pred": [B, C, H, W] pixels, "mask": mask}."""
-        rec = self.predict_pixels(images, mask)
+        rec = self.predict_pixels(images, mask, plans)
         mask = mask.to(images.device, non_blocking=True)
         if self.loss_type == "l1":
             pix_mask = mask.repeat_interleave(self.unit, 1).repeat_interleave(self.unit, 2)

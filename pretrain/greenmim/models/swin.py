@@ -19,12 +19,13 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from timm.layers import PatchEmbed, trunc_normal_
 
-from ..data.masking import MASK_UNIT, check_mask
+from ..data.masking import MASK_UNIT, check_mask, check_mask_shape
 from .swin_blocks import PatchMerging, SwinBlock
 from .encoder_input import MaskedImageInput
 from .token_layout import gather_tokens, merge_index, stage_layouts
 from .ragged_plan import RaggedPlan
-from .window_plans import GroupPlan, WindowPlan, compute_dtype
+from .static_shapes import static_shapes_for
+from .window_plans import GroupPlan, PlanOverflow, WindowPlan, compute_dtype
 
 ATTENTION_MODES = ("auto", "group", "ragged")
 
@@ -48,24 +49,44 @@ class SparsePlanner:
     shifts: Tuple[int, ...]        # shift of each stage's odd blocks (0: no shifted windows)
     tokens_per_unit: int           # tokens along a 32 px mask unit at stage 1
     attn_mode: str = "auto"
+    static_shapes: bool = False    # pad groups to fixed (G, g) tables (see static_shapes.py)
 
     def __call__(self, unit_mask: torch.Tensor, device=None) -> dict:
         """unit_mask bool [P, Hu, Wu] (P = 1: shared by the batch) -> {"embed_index", "attention",
-        "merge", "plan_samples"}; index tensors on `device` (default: CPU)."""
+        "merge", "plan_samples", "static_fallback"}; index tensors on `device` (default: CPU).
+        static_fallback: True when the mask did not fit the tight static table and took the bound
+        one (always False without static shapes)."""
         unit_mask = unit_mask.cpu()
+        check_mask(unit_mask, unit_mask.shape[0], tuple(unit_mask.shape[1:]))
         layouts = stage_layouts(unit_mask, len(self.windows), self.tokens_per_unit)
         dev = device if device is not None else torch.device("cpu")
+        fallback = False
+        if self.static_shapes:
+            shapes = static_shapes_for(self.windows, self.shifts, self.tokens_per_unit,
+                                       tuple(unit_mask.shape[1:]), layouts[-1].rows.shape[1],
+                                       unit_mask.shape[0])
+            try:
+                attention = self._attention_plans(layouts, shapes.tight, dev)
+            except PlanOverflow:
+                attention, fallback = self._attention_plans(layouts, shapes.bound, dev), True
+        else:
+            attention = self._attention_plans(layouts, None, dev)
+        merge = [merge_index(a, b).to(dev, non_blocking=True) for a, b in zip(layouts, layouts[1:])]
+        return {"embed_index": layouts[0].flat_index.to(dev, non_blocking=True),
+                "attention": attention, "merge": merge, "plan_samples": unit_mask.shape[0],
+                "static_fallback": fallback}
+
+    def _attention_plans(self, layouts, capacities, dev) -> list:
+        """(regular, shifted) plans of every stage; capacities: per stage ((G, g), (G, g)) or None."""
         plan_cls = RaggedPlan if self.attn_mode == "ragged" else GroupPlan
-        attention, merge = [], []
+        attention = []
         for i, (window, shift, lay) in enumerate(zip(self.windows, self.shifts, layouts)):
-            regular = plan_cls.build(lay.rows, lay.cols, lay.height, lay.width, window, 0, dev)
-            shifted = (plan_cls.build(lay.rows, lay.cols, lay.height, lay.width, window, shift, dev)
+            kw = [{} if capacities is None else {"static": capacities[i][k]} for k in (0, 1)]
+            regular = plan_cls.build(lay.rows, lay.cols, lay.height, lay.width, window, 0, dev, **kw[0])
+            shifted = (plan_cls.build(lay.rows, lay.cols, lay.height, lay.width, window, shift, dev, **kw[1])
                        if shift else regular)
             attention.append((regular, shifted))
-            if i + 1 < len(layouts):
-                merge.append(merge_index(lay, layouts[i + 1]).to(dev, non_blocking=True))
-        return {"embed_index": layouts[0].flat_index.to(dev, non_blocking=True),
-                "attention": attention, "merge": merge, "plan_samples": unit_mask.shape[0]}
+        return attention
 
 
 def plans_to(plans: dict, device: torch.device) -> dict:
@@ -139,16 +160,23 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
         attn_mode: sparse-path attention: "group" (windows packed into padded groups, SDPA),
             "ragged" (no padding, FlexAttention) or "auto" (the faster one as measured: group on
             CPU and on H100, where FlexAttention's backward costs more than the padding it saves).
+        static_shapes: sparse-path tensors get shapes that depend on batch, image size, visible
+            count and mask kind only, never on the mask (CUDA graphs, torch.compile without
+            recompiles); see static_shapes.py. Group attention only.
     """
 
     def __init__(self, img_size=224, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
                  depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  window_size: int = 7, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path_rate: float = 0.0, attn_mode: str = "auto"):
+                 drop_path_rate: float = 0.0, attn_mode: str = "auto", static_shapes: bool = False):
         super().__init__()
         if attn_mode not in ATTENTION_MODES:
             raise ValueError(f"attn_mode '{attn_mode}' is not one of {ATTENTION_MODES}")
+        if static_shapes and attn_mode == "ragged":
+            raise ValueError("static_shapes pads window groups to fixed sizes; it needs "
+                             "attn_mode 'group' or 'auto', not 'ragged'")
         self.attn_mode = attn_mode
+        self.static_shapes = bool(static_shapes)
         self.img_size = _pair(img_size)
         for s in self.img_size:
             if s <= 0 or s % MASK_UNIT:
@@ -228,7 +256,10 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
         self._check_images(images)
         if mask is None:
             return self._forward_dense(self.patch_embed(images))  # patch_embed: [B, H/4, W/4, C]
-        check_mask(mask, images.shape[0], self._unit_grid(images))
+        if plans is None:
+            check_mask(mask, images.shape[0], self._unit_grid(images))
+        else:  # the planner validated the mask's values where it planned: no host sync here
+            check_mask_shape(mask, images.shape[0], self._unit_grid(images))
         if mask_token is not None:
             return self._forward_dense(self._replace_masked(self.patch_embed(images), mask, mask_token))
         return self._forward_sparse(images, mask, plans)
@@ -290,7 +321,7 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
     def planner(self) -> SparsePlanner:
         """This encoder's planner: plain values, picklable (see SparsePlanner)."""
         return SparsePlanner(tuple(s.window_size for s in self.layers), tuple(s.shift_size for s in self.layers),
-                             self.tokens_per_unit, self.attn_mode)
+                             self.tokens_per_unit, self.attn_mode, self.static_shapes)
 
     def plan_sparse(self, unit_mask: torch.Tensor, device=None) -> dict:
         """Every index the sparse path needs, from a unit mask [P, Hu, Wu] (P = 1: shared by the

@@ -29,7 +29,7 @@ import torch.utils.checkpoint as cp
 from torch import nn
 from timm.layers import trunc_normal_
 
-from ..data.masking import MASK_UNIT, check_mask
+from ..data.masking import MASK_UNIT, check_mask, check_mask_shape
 from .ragged_plan import RaggedPlan
 from .sparse_conv import (SPARSE_CONV_BACKENDS, SparseSites, StridedConvPlan, embed_visible_patches,
                           recompute_in_backward, strided_conv)
@@ -178,14 +178,18 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                mask_token: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+                mask_token: Optional[torch.Tensor] = None, plans: Optional[dict] = None) -> List[torch.Tensor]:
+        """plans: optional result of `self.plan_sparse(mask or mask[:1], device)`, made ahead."""
         self._check_images(images)
         if mask is None:
             return self._forward_dense(self.patch_embeds[0](images))  # [B, H/4, W/4, C]
-        check_mask(mask, images.shape[0], self._unit_grid(images))
+        if plans is None:
+            check_mask(mask, images.shape[0], self._unit_grid(images))
+        else:  # validated where it was planned
+            check_mask_shape(mask, images.shape[0], self._unit_grid(images))
         if mask_token is not None:
             return self._forward_dense(self._replace_masked(self.patch_embeds[0](images), mask, mask_token))
-        return self._forward_sparse(images, mask)
+        return self._forward_sparse(images, mask, plans)
 
     def forward_masked_reference(self, images: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
         """Dense path with masked tokens removed from every attention's keys and zeroed for the PEG:
@@ -221,11 +225,15 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
             outs.append(x.permute(0, 3, 1, 2).contiguous())
         return outs
 
-    def _forward_sparse(self, images: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
-        mask = mask.cpu()  # plans are made on the host, once per step
-        plan_mask = mask[:1] if bool((mask == mask[:1]).all()) else mask
-        p = plan_mask.shape[0]
-        plans = self.plan_sparse(plan_mask, device=images.device)
+    def _forward_sparse(self, images: torch.Tensor, mask: torch.Tensor,
+                        plans: Optional[dict] = None) -> List[torch.Tensor]:
+        if plans is None:
+            mask = mask.cpu()  # plans are made on the host, once per step
+            plan_mask = mask[:1] if bool((mask == mask[:1]).all()) else mask
+            plans = self.plan_sparse(plan_mask, device=images.device)
+        p = plans["plan_samples"]
+        if p not in (1, images.shape[0]):
+            raise ValueError(f"plans were made for {p} masks; this batch has {images.shape[0]} samples")
         embed0 = self.patch_embeds[0]
         x = embed0.norm(embed_visible_patches(images, embed0.proj, plans["embed_index"], p))
         outs = []
@@ -243,7 +251,7 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
         batch). Made once per step on the host; blocks only read it.
 
         Returns {"embed_index": [P*N_0] visible 4x4 patches, "embed": [StridedConvPlan stage i -> i+1],
-        "stages": [SparseStage per stage]}.
+        "stages": [SparseStage per stage], "plan_samples": P}.
         """
         unit_mask = unit_mask.cpu()
         dev = device if device is not None else torch.device("cpu")
@@ -262,5 +270,5 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
             if i > 0:
                 embeds.append(StridedConvPlan.build(layouts[i - 1], lay, 2, dev))
         return {"embed_index": layouts[0].flat_index.to(dev, non_blocking=True),
-                "embed": embeds, "stages": stages}
+                "embed": embeds, "stages": stages, "plan_samples": unit_mask.shape[0]}
 

@@ -182,6 +182,26 @@ def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
     return x.reshape(b, (h // window) * (w // window), window * window, c)
 
 
+def window_occupancy(rows: torch.Tensor, cols: torch.Tensor, height: int, width: int,
+                     window: int, shift: int):
+    """Which (shifted) window each visible token falls in. rows, cols long [P, N] ->
+    (win [P*N] window id over the P samples' windows, code [P*N] position code inside the window,
+    sizes [P*nW] tokens per window)."""
+    p = rows.shape[0]
+    offset = (window - shift) % window
+    rows_o, cols_o = rows + offset, cols + offset
+    n_wr, n_wc = (height - 1 + offset) // window + 1, (width - 1 + offset) // window + 1
+    sample = torch.arange(p).unsqueeze(1)
+    win = ((sample * n_wr + rows_o // window) * n_wc + cols_o // window).flatten()
+    # Swin's bias row of a pair is linear in the coordinate difference:
+    #   (dr + w-1) * (2w-1) + (dc + w-1) = key_code[query] - code[key],
+    # code = r * (2w-1) + c. Coordinates inside the window (in [0, w)) give the same differences
+    # for same-window pairs and keep every pair's row in range, so the [G, g, g] index is one
+    # broadcast subtraction (cross-window pairs get some valid row; they are masked).
+    code = ((rows_o % window) * (2 * window - 1) + cols_o % window).flatten()
+    return win, code, torch.bincount(win, minlength=p * n_wr * n_wc)
+
+
 class PlanOverflow(Exception):
     """The visible tokens of a stage do not fit the static (groups, capacity) asked for."""
 
@@ -215,19 +235,7 @@ class GroupPlan:
         static: (groups, capacity) to pad the plan to, so that its shapes do not depend on the
         mask (see static_shapes.py); raises PlanOverflow when the tokens do not fit."""
         p, n = rows.shape
-        offset = (window - shift) % window
-        rows_o, cols_o = rows + offset, cols + offset
-        n_wr, n_wc = (height - 1 + offset) // window + 1, (width - 1 + offset) // window + 1
-        sample = torch.arange(p).unsqueeze(1)
-        win = ((sample * n_wr + rows_o // window) * n_wc + cols_o // window).flatten()  # [P*N] window id
-        # Swin's bias row of a pair is linear in the coordinate difference:
-        #   (dr + w-1) * (2w-1) + (dc + w-1) = key_code[query] - code[key],
-        # code = r * (2w-1) + c. Coordinates inside the window (in [0, w)) give the same differences
-        # for same-window pairs and keep every pair's row in range, so the [G, g, g] index is one
-        # broadcast subtraction (cross-window pairs get some valid row; they are masked).
-        span = 2 * window - 1
-        code = ((rows_o % window) * span + cols_o % window).flatten()              # [P*N]
-        sizes = torch.bincount(win, minlength=p * n_wr * n_wc)
+        win, code, sizes = window_occupancy(rows, cols, height, width, window, shift)
         if static is None:
             grouping = plan_grouping(sizes.tolist(), window * window)
             n_groups = len(grouping.groups)
