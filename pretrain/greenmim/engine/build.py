@@ -16,6 +16,8 @@ def encoder_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
         raise ConfigError(f"model.encoder.img_size={kwargs['img_size']} differs from data.img_size={img}; "
                           "set data.img_size only")
     kwargs["img_size"] = img
+    if cfg["model"].get("static_shapes") and cfg["model"]["type"] == "green":
+        kwargs["static_shapes"] = True
     return kwargs
 
 

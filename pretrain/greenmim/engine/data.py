@@ -124,13 +124,18 @@ def build_dataset(cfg: dict) -> Dataset:
 
 
 def build_loader(dataset: Dataset, micro_batch: int, world_size: int, rank: int, accum_iter: int,
-                 seed: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
+                 seed: int, num_workers: int, pin_memory: bool = False, collate=None) -> DataLoader:
+    """collate: e.g. mask_collate.MaskCollator, which gets ((epoch, index), image) items and
+    makes batches of (images, mask, plans); None: batches of images."""
     sampler = StepBatchSampler(len(dataset), micro_batch, world_size, rank, accum_iter, seed)
     if sampler.steps_per_epoch == 0:
         need = micro_batch * world_size * accum_iter
         raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one global batch of "
                           f"{need}; lower train.batch_size or add images")
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+    if collate is not None:
+        from .mask_collate import KeyedDataset
+        dataset = KeyedDataset(dataset)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0)
 
 

@@ -17,6 +17,7 @@ from . import dist as gdist
 from . import faults
 from .logger import TrainLogger
 from .optim import set_lr
+from ..models.swin import plans_to
 
 
 class TrainingError(UserError):
@@ -64,7 +65,7 @@ def draw_masks(generator: MaskGenerator, micro_batch: int, world_size: int, rank
 
 
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, mask_generator: MaskGenerator, state: TrainState,
+                    scaler: torch.amp.GradScaler, mask_generator: Optional[MaskGenerator], state: TrainState,
                     sc: StepConfig, device: torch.device, logger: TrainLogger,
                     on_step: Optional[Callable[[TrainState], None]] = None,
                     epochs: int = 1) -> bool:
@@ -98,15 +99,18 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             lr = sc.lr_fn(state.step)
             set_lr(optimizer, lr)
             step_loss.zero_()
-        # masks stay on the CPU: the green encoder plans on the host, models move what they need
-        mask = draw_masks(mask_generator, images.shape[0], world, rank)
+        if isinstance(images, (tuple, list)):  # (images, mask, plans) made by the loader's workers
+            images, mask, plans = images
+            plans = plans_to(plans, device)
+        else:  # masks stay on the CPU: the green encoder plans on the host
+            mask, plans = draw_masks(mask_generator, images.shape[0], world, rank), None
         images = images.to(device, non_blocking=True)
         last = a == accum - 1
         sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
         with sync:
             with torch.autocast(device.type, dtype=sc.amp_dtype or torch.float32,
                                 enabled=sc.amp_dtype is not None):
-                loss = model(images, mask)["loss"]
+                loss = (model(images, mask) if plans is None else model(images, mask, plans))["loss"]
             scaler.scale(loss / accum).backward()
         step_loss += loss.detach().float() / accum
         if not last:

@@ -12,6 +12,7 @@ device once; blocks never synchronise with the host.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -256,6 +257,13 @@ class GroupPlan:
         return cls(move(gather), move(scatter), move(code[gather].view(n_groups, g)),
                    move(slot_win.view(n_groups, g)), window, n_groups, g, p, n,
                    (n_groups * g - p * n) / max(p * n, 1))
+
+    def pin_memory(self) -> "GroupPlan":
+        """A copy in pinned host memory (DataLoader's pin_memory calls this), so the copy to the
+        device can overlap compute."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).pin_memory()
+                                            for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
 
     @property
     def rel_index(self) -> torch.Tensor:

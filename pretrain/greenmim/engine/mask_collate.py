@@ -1,0 +1,87 @@
+"""Masks and plans made in the DataLoader workers, off the training step's critical path.
+
+A batch of the pretraining loader is (images [B, 3, H, W], mask bool [B, Hu, Wu], plans): the
+collate function draws the mask and, for encoders with a planner, builds the sparse path's plans
+in the worker that loaded the images, so the main process only copies them to the device
+(pinned, non-blocking) and the GPU never waits for planning.
+
+The mask is a pure function of the data: per-sample masks of (seed, epoch, sample index), a shared
+mask of (seed, epoch, the micro-batch's first index). So no RNG state lives in the main process,
+N processes draw exactly the per-sample masks one process would, and a resumed run draws the
+same masks again whatever its worker count.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import Dataset
+
+from ..data.masking import MaskGenerator
+
+
+def mask_seed(seed: int, epoch: int, index: int) -> int:
+    return (int(seed) * 2_654_435_761 + int(epoch) * 97_531 * 1_000_003 + int(index) + 7) % (2 ** 63)
+
+
+class KeyedDataset(Dataset):
+    """dataset[(epoch, index)] -> ((epoch, index), image): the collate function needs the keys."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        return key, self.dataset[key]
+
+
+class MaskCollator:
+    """collate_fn: [((epoch, index), image)] -> (images, mask, plans).
+
+    Args:
+        img_size, ratio, shared: as MaskGenerator.
+        seed: the run's seed.
+        planner: picklable callable unit_mask [P, Hu, Wu] -> plans (the encoder's `planner()`),
+            or None: plans are then {"plan_samples": P} (the mask was validated here, so the
+            model need not look at its values).
+    """
+
+    def __init__(self, img_size, ratio: float, shared: bool, seed: int,
+                 planner: Optional[Callable[[torch.Tensor], dict]] = None):
+        self.generator = MaskGenerator(img_size, ratio, shared, seed=0)
+        self.seed, self.shared, self.planner = int(seed), bool(shared), planner
+
+    def masks(self, keys: Sequence[Tuple[int, int]]) -> torch.Tensor:
+        """bool [len(keys), Hu, Wu], True = masked."""
+        gen = self.generator
+        if self.shared:
+            epoch, index = keys[0]
+            gen.generator.manual_seed(mask_seed(self.seed, epoch, index))
+            return gen(len(keys))
+        out = []
+        for epoch, index in keys:
+            gen.generator.manual_seed(mask_seed(self.seed, epoch, index))
+            out.append(gen(1))
+        return torch.cat(out)
+
+    def __call__(self, items: List[Tuple[Tuple[int, int], torch.Tensor]]):
+        keys = [k for k, _ in items]
+        images = torch.stack([img for _, img in items])
+        mask = self.masks(keys)
+        plan_mask = mask[:1] if self.shared else mask
+        if self.planner is None:
+            plans = {"plan_samples": plan_mask.shape[0]}
+        else:
+            plans = self.planner(plan_mask)
+        return images, mask, plans
+
+
+def encoder_planner(model: torch.nn.Module) -> Optional[Callable[[torch.Tensor], dict]]:
+    """The picklable planner of a green model's encoder; None for dense models and encoders that
+    plan in their forward (Twins: its sparse convolutions are planned on the device)."""
+    from ..models.mim import GreenMIM
+    if not isinstance(model, GreenMIM) or not hasattr(model.encoder, "planner"):
+        return None
+    return model.encoder.planner()
