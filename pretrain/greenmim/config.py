@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import re
 import os
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 import yaml
 
@@ -35,10 +35,12 @@ DEFAULTS: Dict[str, Any] = {
         "decoder_mlp_ratio": 4.0,
         "norm_pix_loss": True,
         "simmim_loss": "l1",        # l1 (SimMIM) | norm_pix_mse (GreenMIM's target)
+        "static_shapes": False,     # green Swin: mask-independent shapes (compile, CUDA graphs)
     },
     "mask": {
         "ratio": 0.75,
         "shared": True,             # one mask per process and micro-batch (paper) or per sample
+        "in_workers": True,         # draw masks and plan them in the DataLoader workers
     },
     "data": {
         "path": None,               # root/train/<class>/<img>, root/<class>/<img> or a flat folder;
@@ -63,6 +65,8 @@ DEFAULTS: Dict[str, Any] = {
         "clip_grad": None,          # max grad norm, None = no clipping
         "amp": "bf16",              # bf16 | fp16 | none; CUDA only, the CPU always runs fp32
         "grad_checkpointing": False,
+        "compile": None,            # None | default | max-autotune | reduce-overhead: torch.compile
+        "cuda_graphs": False,       # CUDA: replay forward + loss + backward from one recorded graph
         "max_steps": None,          # stop after this many optimiser steps (schedule unchanged)
     },
     "checkpoint": {
@@ -178,14 +182,17 @@ def parse_override(text: str) -> Dict[str, Any]:
     return out
 
 
-def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Dict[str, Any]:
-    """DEFAULTS <- YAML file (with its bases) <- overrides; unknown keys raise ConfigError."""
-    cfg = copy.deepcopy(DEFAULTS)
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
+                defaults: Optional[Dict[str, Any]] = None,
+                check: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """defaults (DEFAULTS: pretraining) <- YAML file (with its bases) <- overrides; unknown keys
+    raise ConfigError; `check` (validate) then tests the values."""
+    cfg = copy.deepcopy(DEFAULTS if defaults is None else defaults)
     if path:
         _merge(cfg, _read_yaml(path), "", f"config file {path}")
     for text in overrides:
         _merge(cfg, parse_override(text), "", f"override '{text}'")
-    validate(cfg)
+    (check or validate)(cfg)
     return cfg
 
 

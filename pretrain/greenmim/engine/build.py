@@ -16,16 +16,18 @@ def encoder_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
         raise ConfigError(f"model.encoder.img_size={kwargs['img_size']} differs from data.img_size={img}; "
                           "set data.img_size only")
     kwargs["img_size"] = img
-    if cfg["model"].get("static_shapes") and cfg["model"]["type"] == "green":
-        kwargs["static_shapes"] = True
     return kwargs
 
 
 def build_encoder_from_config(cfg: Dict[str, Any]) -> nn.Module:
     from .. import build_encoder
     arch = cfg["model"]["arch"]
+    kwargs = encoder_kwargs(cfg)
+    # Twins plans its sparse convolutions in the step, so static shapes are Swin's only.
+    if cfg["model"]["static_shapes"] and cfg["model"]["type"] == "green" and arch.startswith("swin"):
+        kwargs["static_shapes"] = True
     try:
-        return build_encoder(arch, **encoder_kwargs(cfg))
+        return build_encoder(arch, **kwargs)
     except (TypeError, KeyError, ValueError) as e:
         msg = str(e).strip("'\"").splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"cannot build encoder {arch!r} with model.encoder={cfg['model']['encoder']}: "

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -28,6 +28,7 @@ from . import dist as gdist
 from .build import build_model
 from .data import build_dataset, build_loader, skipped_images
 from .logger import TrainLogger
+from .mask_collate import MaskCollator, encoder_planner
 from .optim import build_optimizer, lr_at, scaled_lr
 from .run_lock import hold_output_dir
 from .train import StepConfig, TrainState, train_one_epoch
@@ -84,12 +85,17 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
     torch.manual_seed(cfg["seed"])  # model init: identical on every rank (DDP also broadcasts)
 
     dataset = build_dataset(cfg)
+    model = build_model(cfg).to(device)
+    # Masks (and the green encoder's plans) come from the loader's workers; the engine's own
+    # generator is the fallback when mask.in_workers is off.
+    collate = (MaskCollator(cfg["data"]["img_size"], cfg["mask"]["ratio"], cfg["mask"]["shared"],
+                            cfg["seed"], encoder_planner(model)) if cfg["mask"]["in_workers"] else None)
     loader = build_loader(dataset, micro, world, rank, t["accum_iter"], cfg["seed"],
-                          cfg["data"]["num_workers"], cfg["data"]["pin_memory"] and device.type == "cuda")
+                          cfg["data"]["num_workers"], cfg["data"]["pin_memory"] and device.type == "cuda",
+                          collate=collate)
     steps_per_epoch = loader.batch_sampler.steps_per_epoch
     total_steps = steps_per_epoch * t["epochs"]
 
-    model = build_model(cfg).to(device)
     lr = t["lr"] if t["lr"] is not None else scaled_lr(t["blr"], t["batch_size"])
     optimizer = build_optimizer(model, lr, t["weight_decay"], t["betas"])
     amp_dtype = AMP_DTYPES.get(t["amp"]) if device.type == "cuda" else None
@@ -130,13 +136,19 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
                     f"batch {t['batch_size']}; lr {lr:.3g}; {steps_per_epoch} steps/epoch, "
                     f"{total_steps} steps")
 
-        if world > 1:
+        graphed = _graphed_step(cfg, model, device, amp_dtype)
+        if world > 1 and graphed is None:  # a graphed step averages its gradients itself
             # device_ids=None: DDP would otherwise copy every input to the GPU, the CPU-side mask
             # included, and the green encoder would sync to copy it back for its host-side plan.
             # No buffer needs syncing (no batch norm), so none is broadcast.
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=None,
                                                               broadcast_buffers=False)
         bare = ckpt.unwrap(model)
+        if t["compile"] and graphed is None:
+            # dynamic=False: with static shapes every step has one signature, so one graph.
+            model = torch.compile(model, mode=None if t["compile"] == "default" else t["compile"],
+                                  dynamic=False)
+            logger.info(f"torch.compile (mode {t['compile']}); the first steps include compilation")
 
         def save(path: str) -> None:
             if not info.is_main:
@@ -160,7 +172,8 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
         sc = StepConfig(micro_batch=micro, accum_iter=t["accum_iter"], total_steps=total_steps,
                         lr_fn=lambda s: lr_at(s, total_steps, warmup, lr, t["min_lr"]),
                         amp_dtype=amp_dtype, clip_grad=t["clip_grad"], max_steps=t["max_steps"],
-                        log_every=max(1, int(cfg["log"]["every_steps"])), seed=cfg["seed"])
+                        log_every=max(1, int(cfg["log"]["every_steps"])), seed=cfg["seed"],
+                        forward_backward=graphed)
         vis = None
         while state.epoch < t["epochs"] and not (t["max_steps"] is not None and state.step >= t["max_steps"]):
             finished = train_one_epoch(model, loader, optimizer, scaler, mask_gen, state, sc, device,
@@ -191,6 +204,38 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
         return summary
     finally:
         logger.close()
+
+
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
+def _graphed_step(cfg: Dict[str, Any], model: torch.nn.Module, device: torch.device, amp_dtype):
+    """The CUDA-graph step of train.cuda_graphs (None when off); ConfigError for settings that
+    cannot be recorded."""
+    t = cfg["train"]
+    if t["compile"] not in (None, False, "", "none") and t["compile"] not in COMPILE_MODES:
+        raise ConfigError(f"train.compile={t['compile']!r} is not one of {', '.join(COMPILE_MODES)}; "
+                          "or leave it empty for eager")
+    if t["compile"] in (False, "", "none"):
+        t["compile"] = None
+    if not t["cuda_graphs"]:
+        return None
+    need = []
+    if device.type != "cuda":
+        need.append("a CUDA device")
+    if t["accum_iter"] != 1:
+        need.append("train.accum_iter=1")
+    if amp_dtype == torch.float16:
+        need.append("train.amp=bf16 or none (the fp16 GradScaler skips steps on the host)")
+    if cfg["model"]["type"] == "green" and not cfg["model"]["static_shapes"]:
+        need.append("model.static_shapes=true")
+    if not cfg["mask"]["in_workers"]:
+        need.append("mask.in_workers=true")
+    if need:
+        raise ConfigError(f"train.cuda_graphs=true needs {', '.join(need)}; set those or "
+                          "train.cuda_graphs=false")
+    from .cuda_graph import GraphedStep
+    return GraphedStep(model, amp_dtype)
 
 
 def _first_error_line(e: Exception) -> str:
@@ -274,10 +319,7 @@ def is_collective_failure(e: BaseException) -> bool:
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs pretraining; exit status 0 done, 2 a user error (one `error:` line), 3 the job lost
     one of its processes (one `error:` line per surviving process), 143 SIGTERM."""
-    rank = int(os.environ.get("RANK", 0))
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
-    try:
+    def body() -> int:
         args = parse_args(argv)
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
@@ -285,6 +327,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         run(cfg)
         return 0
+    return run_guarded(body)
+
+
+def run_guarded(body: Callable[[], int]) -> int:
+    """Runs a program's body with main()'s exit-status contract: its return value, 2 with one
+    `error:` line for a UserError, 3 for a lost process, 143 for SIGTERM."""
+    rank = int(os.environ.get("RANK", 0))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    try:
+        return body()
     except Terminated as e:
         _quiet_sigterm(in_main_thread)
         print(f"error: rank {rank}: {e}", file=sys.stderr, flush=True)

@@ -46,6 +46,9 @@ class StepConfig:
     max_steps: Optional[int] = None
     log_every: int = 20
     seed: int = 0
+    # (images, mask, plans) -> detached loss, gradients left in p.grad (cuda_graph.GraphedStep);
+    # None: forward under autocast + backward here
+    forward_backward: Optional[Callable] = None
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -107,11 +110,14 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         images = images.to(device, non_blocking=True)
         last = a == accum - 1
         sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
-        with sync:
-            with torch.autocast(device.type, dtype=sc.amp_dtype or torch.float32,
-                                enabled=sc.amp_dtype is not None):
-                loss = (model(images, mask) if plans is None else model(images, mask, plans))["loss"]
-            scaler.scale(loss / accum).backward()
+        if sc.forward_backward is not None:
+            loss = sc.forward_backward(images, mask, plans)
+        else:
+            with sync:
+                with torch.autocast(device.type, dtype=sc.amp_dtype or torch.float32,
+                                    enabled=sc.amp_dtype is not None):
+                    loss = (model(images, mask) if plans is None else model(images, mask, plans))["loss"]
+                scaler.scale(loss / accum).backward()
         step_loss += loss.detach().float() / accum
         if not last:
             continue
