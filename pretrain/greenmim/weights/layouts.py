@@ -161,3 +161,14 @@ def to_timm(encoder: Mapping[str, torch.Tensor], family: str) -> Dict[str, torch
 def timm_head_names(family: str) -> Tuple[str, str]:
     """(weight, bias) of timm's classifier for the family."""
     return ("head.fc.weight", "head.fc.bias") if family == "swin" else ("head.weight", "head.bias")
+
+
+def classifier_head(sd: Mapping[str, torch.Tensor]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(weight [classes, C], bias [classes]) of a classification head next to the encoder (timm
+    `head.fc.*`, Microsoft Swin / Twins `head.*`), None when the file has none."""
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    prefix = find_encoder_prefix(sd) or ""
+    for w, b in (("head.fc.weight", "head.fc.bias"), ("head.weight", "head.bias")):
+        if prefix + w in sd and prefix + b in sd and sd[prefix + w].dim() == 2:
+            return sd[prefix + w], sd[prefix + b]
+    return None
