@@ -86,6 +86,7 @@ DEFAULTS: Dict[str, Any] = {
     "resume": "auto",               # auto (continue from output_dir/checkpoint-last.pth if any) |
                                     # none | path to a checkpoint
     "export_encoder": True,         # write output_dir/encoder.pth at the end
+    "export_safetensors": False,    # also write output_dir/encoder.safetensors (timm / HF tools read it)
     "dist_timeout_s": 1800,         # a collective waiting longer than this (a hung or lost process)
                                     # fails with one error line instead of hanging the job
 }

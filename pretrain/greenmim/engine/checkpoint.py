@@ -218,11 +218,18 @@ def encoder_state_dict(model_state: Dict[str, torch.Tensor]) -> Dict[str, torch.
 
 def export_encoder(model_state: Dict[str, torch.Tensor], path: str, config: Optional[dict] = None) -> str:
     """Writes {"model": encoder state_dict, "arch", "encoder_kwargs"} like official Swin releases
-    (their weights sit under "model"); loadable with weights_only=True."""
+    (their weights sit under "model"); loadable with weights_only=True. With the config's
+    export_safetensors, also writes the weights to <path without suffix>.safetensors."""
     obj: Dict[str, Any] = {"model": {k: v.detach().cpu().contiguous()
                                      for k, v in encoder_state_dict(model_state).items()}}
     if config is not None:
         obj["arch"] = config["model"]["arch"]
         obj["encoder_kwargs"] = dict(config["model"]["encoder"], img_size=config["data"]["img_size"])
     atomic_save(obj, path)
+    if config is not None and config.get("export_safetensors"):
+        # the same weights without pickle; arch and encoder_kwargs go in the header's metadata
+        from ..weights import save_safetensors
+
+        save_safetensors(obj["model"], os.path.splitext(path)[0] + ".safetensors",
+                         {"arch": obj["arch"], "encoder_kwargs": obj["encoder_kwargs"], "layout": "encoder"})
     return path
