@@ -46,6 +46,7 @@ from detectron2.engine import (
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from greenmim_det.checkpoint import CheckpointError, GreenCheckpointer
 from greenmim_det.config_check import UnknownConfigKeyError, check_override_keys
@@ -163,6 +164,8 @@ def main(args):
 
 def _setup_and_run(args, cfg):
     default_setup(cfg, args)
+    # GreenCheckpointer's one-line load report: on the terminal and in output_dir/log.txt too
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="greenmim_det").propagate = True
     try:
         if args.eval_only:
             model = instantiate(cfg.model)
