@@ -150,9 +150,13 @@ class ImageFolderDataset(Dataset):
                 warnings.warn(f"skipping unreadable image {path} ({why}); skipped so far in this "
                               f"process: {len(self._bad)}")
                 continue
-            return self.transform(img) if self.transform is not None else img
+            return self._item(i, img)
         raise UnreadableImageError(f"none of the {n} image files under {self.root} could be read; "
                                    "check the folder (data.path)")
+
+    def _item(self, index: int, img: Image.Image):
+        """The item of readable sample `index` (subclasses add e.g. its label)."""
+        return self.transform(img) if self.transform is not None else img
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={self.root!r}, num_images={len(self)}, "

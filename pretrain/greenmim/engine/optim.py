@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, List, Sequence, Set
+from typing import Iterable, List, Optional, Sequence, Set
 
 import torch
 from torch import nn
@@ -35,10 +35,12 @@ def param_groups(model: nn.Module, weight_decay: float, skip: Iterable[str] = ()
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05,
-                    betas: Sequence[float] = (0.9, 0.95)) -> torch.optim.AdamW:
-    """AdamW over param_groups(). The fused kernel (CPU and CUDA) is used where torch has it: on
-    these CPUs it updates Swin-B's 88 M parameters ~1.6x faster than the foreach version."""
-    groups = param_groups(model, weight_decay)
+                    betas: Sequence[float] = (0.9, 0.95),
+                    groups: Optional[List[dict]] = None) -> torch.optim.AdamW:
+    """AdamW over `groups` (default param_groups(); fine-tuning passes layer-decay groups). The
+    fused kernel (CPU and CUDA) is used where torch has it: on these CPUs it updates Swin-B's
+    88 M parameters ~1.6x faster than the foreach version."""
+    groups = param_groups(model, weight_decay) if groups is None else groups
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
     except (RuntimeError, TypeError, ValueError):

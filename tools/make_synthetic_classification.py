@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Writes a labelled classification split of the demo's synthetic shapes: one shape per image,
+its class (circle, rectangle, ...) is the label, on the demo's cluttered backgrounds.
+
+    python tools/make_synthetic_classification.py --out datasets/shapes_cls
+    python tools/make_synthetic_classification.py --out /tmp/cls --train-per-class 8 --val-per-class 4 \
+        --img-size 64 --classes circle,rectangle
+
+Layout (ImageNet style, what pretrain/main_finetune.py reads):
+    out/train/<class>/000000.jpg ...   out/val/<class>/000000.jpg ...   out/DONE
+Every image draws from its own RNG (seed, split, draw index); images are drawn until each class
+has its quota, so the split is balanced and identical across runs. A rerun with the same
+arguments reuses a finished split; a folder this tool did not write is never overwritten.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Dict, Sequence
+
+import cv2
+import numpy as np
+
+try:
+    from greenmim.data.synthetic import CATEGORIES, SPLITS, render_image
+except ModuleNotFoundError as e:  # running from a checkout without `pip install -e .`
+    if e.name != "greenmim":
+        raise
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pretrain"))
+    from greenmim.data.synthetic import CATEGORIES, SPLITS, render_image
+
+FORMAT_VERSION = 1
+PLAIN_COLOURS = ((255, 60, 60), (60, 255, 60), (60, 60, 255), (255, 255, 60), (255, 60, 255))
+
+
+def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str], img_size: int,
+                seed: int, plain: bool = False) -> Dict[str, int]:
+    """Renders `per_class` single-shape images of each class into img_dir/<class>/ (plain: the
+    silhouette in a colour of its class on black, instead of textured shapes on clutter)."""
+    counts = {c: 0 for c in classes}
+    for c in classes:
+        os.makedirs(os.path.join(img_dir, c))
+    draw = 0
+    while min(counts.values()) < per_class:
+        rng = np.random.default_rng([seed, SPLITS[split], 101, draw])
+        draw += 1
+        image, anns = render_image(rng, img_size, min_objects=1, max_objects=1)
+        if len(anns) != 1:
+            continue  # the shape was placed mostly out of frame: draw another
+        name = CATEGORIES[anns[0]["category_id"] - 1]
+        if name not in counts or counts[name] >= per_class:
+            continue
+        if plain:  # the silhouette in its class's colour: an easy task, for tests and smoke runs
+            image = np.zeros_like(image)
+            for poly in anns[0]["segmentation"]:
+                pts = np.round(np.asarray(poly, dtype=np.float64).reshape(-1, 2)).astype(np.int32)
+                cv2.fillPoly(image, [pts], PLAIN_COLOURS[CATEGORIES.index(name)])
+            x, y, w, h = anns[0]["bbox"]  # zoom in: the shape fills most of the frame
+            side = int(max(w, h) * 1.3) + 1
+            x0, y0 = max(0, x + w // 2 - side // 2), max(0, y + h // 2 - side // 2)
+            crop = image[y0:y0 + side, x0:x0 + side]
+            image = cv2.resize(crop, (img_size, img_size), interpolation=cv2.INTER_LINEAR)
+        path = os.path.join(img_dir, name, f"{counts[name]:06d}.jpg")
+        if not cv2.imwrite(path, image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92]):
+            raise OSError(f"could not write {path}")
+        counts[name] += 1
+    return counts
+
+
+def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_class: int = 20,
+                              img_size: int = 192, seed: int = 0,
+                              classes: Sequence[str] = CATEGORIES, plain: bool = False) -> str:
+    """Writes (or reuses) the split under out_dir; returns out_dir. Raises ValueError for bad
+    arguments or a folder with train/ or val/ that this tool did not write."""
+    classes = list(classes)
+    unknown = [c for c in classes if c not in CATEGORIES]
+    if unknown or len(classes) < 2:
+        raise ValueError(f"classes must be two or more of {', '.join(CATEGORIES)}; got {classes}")
+    if train_per_class < 1 or val_per_class < 1 or img_size < 32:
+        raise ValueError("need train/val images per class >= 1 and img_size >= 32")
+    out_dir = os.path.abspath(os.path.expanduser(out_dir))
+    args = {"version": FORMAT_VERSION, "train_per_class": train_per_class, "val_per_class": val_per_class,
+            "img_size": img_size, "seed": seed, "classes": classes, "plain": bool(plain)}
+    done = os.path.join(out_dir, "DONE")
+    ours = [os.path.join(out_dir, s) for s in ("train", "val")]
+    if os.path.isfile(done):
+        with open(done) as f:
+            if json.load(f) == args:
+                return out_dir
+        os.remove(done)
+    elif any(os.path.exists(p) for p in ours) and not os.path.exists(os.path.join(out_dir, "IN_PROGRESS")):
+        raise ValueError(f"{out_dir} holds train/ or val/ not written by this tool; choose a new folder")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "IN_PROGRESS"), "w") as f:
+        json.dump(args, f)
+    for p in ours:
+        shutil.rmtree(p, ignore_errors=True)
+    write_split(ours[0], "train", train_per_class, classes, img_size, seed, plain)
+    write_split(ours[1], "val", val_per_class, classes, img_size, seed, plain)
+    with open(done + ".tmp", "w") as f:
+        json.dump(args, f)
+    os.replace(done + ".tmp", done)
+    os.remove(os.path.join(out_dir, "IN_PROGRESS"))
+    return out_dir
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output folder (only train/, val/ and markers are written)")
+    p.add_argument("--train-per-class", type=int, default=40)
+    p.add_argument("--val-per-class", type=int, default=20)
+    p.add_argument("--img-size", type=int, default=192, help="image side in px (the demo's 192)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", default=",".join(CATEGORIES), help="comma-separated subset of the shapes")
+    p.add_argument("--plain", action="store_true",
+                   help="silhouettes in a per-class colour on black (an easy task for tests) instead of the demo's look")
+    a = p.parse_args(argv)
+    try:
+        out = make_classification_split(a.out, a.train_per_class, a.val_per_class, a.img_size, a.seed,
+                                        [c for c in a.classes.split(",") if c], a.plain)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
