@@ -9,17 +9,10 @@ from torch import nn
 
 from ..config import ConfigError, UserError
 from . import checkpoint as ckpt
+from ..weights import load_encoder_weights, read_file
 from .pretrain import _first_error_line
 
 _BUFFERS = ("relative_position_index", "attn_mask", "relative_coords_table")
-
-
-def _load_encoder_weights(encoder: nn.Module, obj: Any):
-    try:
-        from ..weights import load_encoder_weights
-    except ImportError:  # the weights module predates nothing in detection; keep both working
-        from greenmim_det.checkpoint import load_encoder_weights
-    return load_encoder_weights(encoder, obj, strict=True)
 
 
 def state_dict_of(obj: Any) -> Dict[str, torch.Tensor]:
@@ -40,9 +33,9 @@ def init_classifier(model: nn.Module, path: str, encoder: nn.Module) -> str:
     """Loads the encoder weights of `path` into `model` (via `encoder`, a fresh encoder of the same
     architecture: the weights module checks and converts them), and the head when the file has one
     of the right size. Returns the one-line summary. Raises ConfigError."""
-    obj = ckpt.load(path)
+    obj = read_file(path)  # any supported suffix; weights_only, one-line errors
     try:
-        report = _load_encoder_weights(encoder, obj)
+        report = load_encoder_weights(encoder, obj, strict=True)
     except (UserError, RuntimeError, KeyError, ValueError) as e:
         raise ConfigError(f"model.init={path}: {_first_error_line(e)}") from None
     missing, unexpected = model.load_state_dict(encoder.state_dict(), strict=False)
