@@ -1,0 +1,269 @@
+#!/usr/bin/env python
+"""The GPU benchmark and test suite: GreenMIM against the dense SimMIM step on one accelerator,
+written as gpu_results.json + gpu_results.md (the README's GPU table is made from them).
+
+    python tools/gpu_suite.py --out $OUT                     # H100/H200: Swin-B 224, batch 128, bf16
+    python tools/gpu_suite.py --device cpu --tiny --out /tmp/s   # the same code path in ~1 min on a CPU
+
+Measured, each case with dense and green steps alternated in one process (medians):
+  * whole pretraining step (forward, loss, backward, fused AdamW, zero_grad) of GreenMIM vs SimMIM,
+    Swin-B 224 / mask 0.75, shared and per-sample masks, in each execution mode: eager,
+    torch.compile (dynamic=False) and CUDA graphs (forward + loss + backward replayed);
+  * Twins-SVT-B (eager, PyTorch sparse-conv backend);
+  * the attention kernel: SDPA (memory-efficient, bias gradient) vs batched matmuls, and whether
+    SDPA's bias gradient equals the matmul path's (a GPU test);
+  * captured == eager: loss and gradients of the compiled and graphed steps against eager;
+  * host planning time per step (what each DataLoader worker core spends) and the loader's img/s.
+The masks' plans are made ahead on the host, as the training loader's workers make them, so the
+timed step is what the GPU runs. Needs torch, timm, numpy, pyyaml (no detectron2, no fvcore).
+Cases run in priority order and are skipped (and listed) once --budget-s is spent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pretrain"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import greenmim  # noqa: E402
+from gpu_suite_report import write_report  # noqa: E402
+from greenmim.data.masking import MaskGenerator  # noqa: E402
+from greenmim.engine.cuda_graph import GraphedStep  # noqa: E402
+from greenmim.engine.optim import build_optimizer  # noqa: E402
+from greenmim.models import window_plans  # noqa: E402
+from greenmim.models.mim import GreenMIM  # noqa: E402
+from greenmim.models.simmim import SimMIM  # noqa: E402
+from greenmim.models.swin import plans_to  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu_suite_out"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tiny", action="store_true", help="a small Swin at 64 px, batch 4 (CPU check)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=420.0, help="skip remaining cases after this")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode for the compiled cases")
+    p.add_argument("--compile-backend", default=None,
+                   help="torch.compile backend (default: inductor; the CPU check uses aot_eager)")
+    return p.parse_args(argv)
+
+
+def setting(args) -> dict:
+    if args.tiny:
+        return dict(arch="swin_tiny", img=64, batch=4, enc=dict(embed_dim=16, depths=(1, 1, 2, 1),
+                    num_heads=(1, 2, 2, 4), window_size=2), dec=dict(decoder_dim=32, decoder_num_heads=2),
+                    twins=dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)))
+    return dict(arch="swin_base", img=224, batch=args.batch_size, enc=dict(window_size=7), dec={},
+                twins={})
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Case:
+    """One model variant ready to step: model, optimiser, inputs, a pool of pre-made plans."""
+
+    def __init__(self, kind: str, arch: str, s: dict, device, per_sample: bool, mode: str, **enc_kw):
+        torch.manual_seed(0)
+        static = kind == "green" and arch.startswith("swin")
+        enc = greenmim.build_encoder(arch, img_size=s["img"], **enc_kw, **({"static_shapes": True} if static else {}))
+        self.model = (GreenMIM(enc, img_size=s["img"], **s["dec"]) if kind == "green" else SimMIM(enc)).to(device)
+        self.opt = build_optimizer(self.model, lr=1e-4)
+        self.device, self.mode = device, mode
+        self.amp = torch.bfloat16 if device.type == "cuda" else None
+        self.images = torch.randn(s["batch"], 3, s["img"], s["img"], device=device)
+        gen = MaskGenerator(s["img"], 0.75, shared=not per_sample, seed=1)
+        planner = enc.planner() if kind == "green" and hasattr(enc, "planner") else None
+        self.pool, self.plan_s = [], []
+        for _ in range(4):  # as the loader's workers make them: masks and plans on the host
+            mask = gen(s["batch"])
+            t0 = time.perf_counter()
+            if planner is not None:
+                plans = planner(mask if per_sample else mask[:1])
+            elif kind == "green":  # Twins plans its sparse convolutions in the step
+                plans = None
+            else:  # the dense model needs no plan; a dict says the mask was validated
+                plans = {"plan_samples": s["batch"] if per_sample else 1}
+            self.plan_s.append(time.perf_counter() - t0)
+            if plans is not None and plans.get("static_fallback"):
+                continue
+            self.pool.append((mask, plans))
+        self.fallback_masks = 4 - len(self.pool)
+        self.i = 0
+        fn = self.model
+        if mode == "compiled":
+            backend = s.get("compile_backend") or "inductor"
+            mode = None if s.get("compile_mode") == "default" or backend != "inductor" else s.get("compile_mode")
+            fn = torch.compile(self.model, dynamic=False, backend=backend, mode=mode)
+        self.fn = fn
+        self.graphed = GraphedStep(self.model, self.amp) if mode == "cuda_graphs" else None
+
+    def forward_backward(self, mask, plans) -> torch.Tensor:
+        plans = None if plans is None else plans_to(plans, self.device)
+        if self.graphed is not None:
+            return self.graphed(self.images, mask, plans)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            loss = (self.fn(self.images, mask) if plans is None else self.fn(self.images, mask, plans))["loss"]
+        loss.backward()
+        return loss.detach()
+
+    def step(self) -> None:
+        mask, plans = self.pool[self.i % len(self.pool)]
+        self.i += 1
+        self.forward_backward(mask, plans)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def interleave(cases: Dict[str, Case], iters: int, warmup: int) -> Dict[str, dict]:
+    """Alternates the cases step by step; median seconds and peak memory of each."""
+    times = {k: [] for k in cases}
+    peak = {}
+    for k, c in cases.items():  # warm-up (compilation, graph recording) outside the timing
+        for _ in range(warmup):
+            c.step()
+        sync(c.device)
+    for k, c in cases.items():
+        if c.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(c.device)
+            base = torch.cuda.memory_allocated(c.device)
+            c.step()
+            sync(c.device)
+            peak[k] = (torch.cuda.max_memory_allocated(c.device) - base) / 2 ** 20
+    for _ in range(iters):
+        for k, c in cases.items():
+            sync(c.device)
+            t0 = time.perf_counter()
+            c.step()
+            sync(c.device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: {"s_per_step": statistics.median(v), "peak_mb": peak.get(k)} for k, v in times.items()}
+
+
+def equal_to_eager(case: Case, ref: Case) -> dict:
+    """Loss and gradients of a captured case against eager on the same weights, mask and plans."""
+    ref.model.load_state_dict(case.model.state_dict())
+    mask, plans = case.pool[0]
+    out = {}
+    for name, c in (("captured", case), ("eager", ref)):
+        c.opt.zero_grad(set_to_none=True)
+        loss = c.forward_backward(mask, plans)
+        out[name] = (float(loss), torch.cat([p.grad.float().flatten() for p in c.model.parameters()
+                                            if p.grad is not None]))
+    (la, ga), (lb, gb) = out["captured"], out["eager"]
+    return {"loss_rel_diff": abs(la - lb) / max(abs(lb), 1e-12),
+            "grad_rel_diff": float((ga - gb).norm() / gb.norm().clamp_min(1e-12))}
+
+
+def sdpa_bias_grad_check(device) -> dict:
+    """Does SDPA's bias gradient equal the batched-matmul path's (bf16 autocast off, fp32)?"""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(8, 4, 16, 49, 32, device=device, requires_grad=True) for _ in range(3))
+    bias = torch.randn(4, 16, 49, 49, device=device, requires_grad=True)
+    grads = {}
+    for kernel in ("matmul", "sdpa"):
+        window_plans.set_attention_kernel(kernel)
+        out = window_plans.window_attention(q, k, v, bias)
+        grads[kernel] = torch.autograd.grad(out.square().sum(), (q, bias))
+    window_plans.set_attention_kernel("auto")
+    return {"q_grad_rel_diff": float((grads["sdpa"][0] - grads["matmul"][0]).norm() / grads["matmul"][0].norm()),
+            "bias_grad_rel_diff": float((grads["sdpa"][1] - grads["matmul"][1]).norm() / grads["matmul"][1].norm())}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    os.makedirs(args.out, exist_ok=True)
+    s = setting(args)
+    s["compile_mode"] = args.compile_mode
+    s["compile_backend"] = args.compile_backend or ("aot_eager" if device.type == "cpu" else None)
+    start = time.perf_counter()
+    results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+                     "torch": torch.__version__, "setting": {k: v for k, v in s.items() if k != "twins"},
+                     "cases": [], "checks": {}, "skipped": [], "errors": []}
+    modes = ["eager", "cuda_graphs", "compiled"] if device.type == "cuda" else ["eager", "compiled"]
+    plan: List[tuple] = []
+    for mode in modes:
+        plan.append((f"swin {mode} shared", s["arch"], mode, False, s["enc"]))
+    plan.append(("swin eager per-sample", s["arch"], "eager", True, s["enc"]))
+    plan.append(("swin cuda_graphs per-sample" if device.type == "cuda" else "swin compiled per-sample",
+                 s["arch"], "cuda_graphs" if device.type == "cuda" else "compiled", True, s["enc"]))
+    plan.append(("twins eager shared", "twins_svt_base", "eager", False, {**s["twins"], "conv_backend": "torch"}))
+
+    def over_budget():
+        return time.perf_counter() - start > args.budget_s
+
+    for name, arch, mode, per_sample, enc_kw in plan:
+        if over_budget():
+            results["skipped"].append(name)
+            continue
+        try:
+            t0 = time.perf_counter()
+            cases = {kind: Case(kind, arch, s, device, per_sample, mode, **enc_kw) for kind in ("dense", "green")}
+            timed = interleave(cases, args.iters, args.warmup)
+            row = {"case": name, "arch": arch, "mode": mode, "per_sample": per_sample, "batch": s["batch"],
+                   "dense_s": timed["dense"]["s_per_step"], "green_s": timed["green"]["s_per_step"],
+                   "dense_peak_mb": timed["dense"]["peak_mb"], "green_peak_mb": timed["green"]["peak_mb"],
+                   "plan_ms_per_step": 1000 * statistics.median(cases["green"].plan_s),
+                   "fallback_masks": cases["green"].fallback_masks, "wall_s": None}
+            row["speedup"] = row["dense_s"] / row["green_s"]
+            row["green_img_per_s"] = s["batch"] / row["green_s"]
+            row["dense_img_per_s"] = s["batch"] / row["dense_s"]
+            if row["dense_peak_mb"]:
+                row["mem_reduction"] = 1 - row["green_peak_mb"] / row["dense_peak_mb"]
+            if mode != "eager":
+                ref = Case("green", arch, s, device, per_sample, "eager", **enc_kw)
+                row["green_vs_eager"] = equal_to_eager(cases["green"], ref)
+                del ref
+            if mode == "cuda_graphs":
+                row["graphs_recorded"] = len(cases["green"].graphed.graphs)
+            row["wall_s"] = time.perf_counter() - t0
+            results["cases"].append(row)
+            print(json.dumps(row), flush=True)
+        except Exception as e:  # noqa: BLE001 - one failing case must not lose the others' figures
+            results["errors"].append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            print("error:", results["errors"][-1], flush=True)
+        finally:
+            cases = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if device.type == "cuda" and not over_budget():
+        try:
+            results["checks"]["sdpa_bias_grad"] = sdpa_bias_grad_check(device)
+        except Exception as e:  # noqa: BLE001
+            results["errors"].append(f"sdpa check: {type(e).__name__}: {e}")
+    if not over_budget():
+        try:
+            from benchmark_loader import loader_images_per_s
+            workers = max(1, min(8, (os.cpu_count() or 2) - 1))
+            r = loader_images_per_s(s["img"], 64 if not args.tiny else 4, workers, batches=8 if not args.tiny else 2,
+                                    num_images=256 if not args.tiny else 16)
+            results["loader"] = {**r, "img_per_s_per_core": r["img_per_s"] / workers}
+        except Exception as e:  # noqa: BLE001
+            results["errors"].append(f"loader: {type(e).__name__}: {e}")
+    else:
+        results["skipped"].append("loader")
+    results["wall_s"] = time.perf_counter() - start
+    with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    write_report(results, os.path.join(args.out, "gpu_results.md"))
+    print(f"wrote {args.out}/gpu_results.json and gpu_results.md in {results['wall_s']:.0f} s", flush=True)
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

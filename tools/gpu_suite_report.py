@@ -1,0 +1,44 @@
+"""gpu_results.json -> gpu_results.md: the table the README's GPU section is made from."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _f(v, fmt="{:.3f}"):
+    return "" if v is None else fmt.format(v)
+
+
+def write_report(results: dict, path: str) -> None:
+    s = results["setting"]
+    lines = [f"# GreenMIM on {results['device']}", "",
+             f"torch {results['torch']}; {s['arch']} {s['img']} px, batch {s['batch']}, mask 0.75, "
+             f"{'bf16 autocast' if 'cuda' in str(results.get('device', '')).lower() or results['device'].startswith('NVIDIA') else 'fp32'}; "
+             "whole step = forward + loss + backward + fused AdamW, dense (SimMIM) and green alternated, "
+             "medians; memory = peak allocated during a step above the resident model.", "",
+             "| case | dense s/step | green s/step | speed-up | green img/s | dense / green MB | mem. reduction | plan ms/step (host) | captured vs eager (grad rel. diff) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results["cases"]:
+        mem = "" if r.get("dense_peak_mb") is None else f"{r['dense_peak_mb']:.0f} / {r['green_peak_mb']:.0f}"
+        eq = r.get("green_vs_eager", {}).get("grad_rel_diff")
+        lines.append(f"| {r['case']} | {_f(r['dense_s'], '{:.4f}')} | {_f(r['green_s'], '{:.4f}')} | "
+                     f"**{r['speedup']:.2f}x** | {r['green_img_per_s']:.0f} | {mem} | "
+                     f"{_f(r.get('mem_reduction'))} | {_f(r.get('plan_ms_per_step'), '{:.1f}')} | {_f(eq, '{:.1e}')} |")
+    if results.get("checks"):
+        lines += ["", "Checks: " + json.dumps(results["checks"])]
+    if results.get("loader"):
+        ld = results["loader"]
+        lines += ["", f"Loader (JPEG folder, {ld['workers']} workers, {s['img']} px): {ld['img_per_s']:.0f} img/s, "
+                      f"{ld['img_per_s_per_core']:.0f} img/s per worker core."]
+    if results.get("skipped"):
+        lines += ["", "Skipped (time budget): " + ", ".join(results["skipped"])]
+    if results.get("errors"):
+        lines += ["", "Errors: " + "; ".join(results["errors"])]
+    lines += ["", f"Suite wall time {results.get('wall_s', 0):.0f} s."]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as f:
+        write_report(json.load(f), sys.argv[2])
