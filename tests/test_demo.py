@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -47,6 +48,11 @@ def test_quick_demo_output_folder(quick_demo):
     for i, stage in enumerate(STAGES, 1):
         assert f"[{i}/{len(STAGES)}]" in proc.stdout
     assert "| model | task | AP |" in proc.stdout
+    # the report: the last line points at it, and every picture it embeds is there
+    assert proc.stdout.strip().splitlines()[-1].endswith(os.path.join(str(out), "report.md"))
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (out / "report.md").read_text())
+    assert linked[0] == "curves.png" and sum(p.startswith("detections/") for p in linked) == 2, linked
+    assert all((out / p).is_file() for p in linked) and "reconstruction.png" in linked
 
 
 def test_quick_demo_summary(quick_demo):

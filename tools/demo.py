@@ -18,7 +18,8 @@ full output goes to <output>/logs/<stage>.log):
     7 reconstruction  tools/visualize_reconstruction.py what the pretrained model fills in
     8 scratch         tools/train_net.py                (--compare) the same fine-tuning, random init
 
-Everything lands in the output folder, with summary.json (metrics, stage times, pictures). A stage
+Everything lands in the output folder, with summary.json (metrics, stage times, pictures) and
+report.md (the AP table, curves.png of the training logs, pictures, times, the machine). A stage
 that finished writes <output>/stages/<stage>.json; a re-run reuses it when its settings (arguments
 and config files) and the stages it depends on are unchanged, so an interrupted demo continues
 where it stopped (pretraining resumes from its last checkpoint). --restart redoes everything.
@@ -587,7 +588,7 @@ def _demo(args: argparse.Namespace, settings: Dict, out: str) -> int:
         print(f"--restart: removing the demo's previous results in {out}")
         for name in OWNS:
             demo.clean(name)
-        for rel in ("logs", "summary.json"):
+        for rel in ("logs", "summary.json", "report.md", "curves.png"):
             p = demo.path(rel)
             if os.path.isdir(p):
                 shutil.rmtree(p)
@@ -623,6 +624,11 @@ def _demo(args: argparse.Namespace, settings: Dict, out: str) -> int:
     print(f"Pictures: {', '.join(os.path.join(args.output, p) for p in summary['pictures'][:3])}"
           f"{' ...' if len(summary['pictures']) > 3 else ''}")
     print(f"Summary: {os.path.join(args.output, 'summary.json')}")
+    from demo_report import write_report  # beside this script: the report and curves.png
+
+    report = write_report(out, summary)
+    print(f"Report (AP table, training curves, pictures, stage times): "
+          f"{os.path.join(args.output, os.path.relpath(report, out))}")
     return 0
 
 

@@ -184,13 +184,12 @@ def _draw_panel(ax, runs: List[Curves], title: str, xlabel: str, ylabel: str, ke
             label = name if len(runs) == 1 else f"{run.label}: {name}"
             if len(runs) == 1 and len(run_keys) > 1:
                 color = f"C{k_i}"
-            few = len(xs) <= 3  # e.g. an AP evaluated once: a marker (with its value on a percent axis)
+            few = len(xs) <= 3  # e.g. an AP evaluated once: a marker, its value in the legend
+            if few and "%" in ylabel:
+                label = f"{label}: {ys[-1]:.1f}"
             ax.plot(xs, ys, styles[k_i % len(styles)] if len(runs) > 1 else "-", color=color, label=label,
                     marker="o" if few else None, linewidth=2.0 if key == "total_loss" else 1.3,
                     alpha=0.5 if key == "step_loss" else 1.0)
-            if few and "%" in ylabel:
-                ax.annotate(f"{ys[-1]:.1f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, 4),
-                            fontsize=10, color=color)
             drawn += 1
     ax.set_title(title, fontsize=12)
     ax.set_xlabel(xlabel, fontsize=10)
@@ -200,8 +199,9 @@ def _draw_panel(ax, runs: List[Curves], title: str, xlabel: str, ylabel: str, ke
         ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
         return
     ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))  # steps, iterations, epochs
-    if "%" in ylabel:
-        ax.set_ylim(bottom=0)
+    if "%" in ylabel:  # from 0, with room above the top value for the legend
+        top = max(max(r.series[k][1]) for r in runs for k in keys if k in r.series)
+        ax.set_ylim(0, min(105.0, 1.25 * top) or 1.0)
     if log_y:
         ax.set_yscale("log")
     else:
