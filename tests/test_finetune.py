@@ -203,3 +203,20 @@ def test_num_classes_mismatch_is_one_line(shapes, tmp_path, capsys):
     assert "model.num_classes=5" in msg and "3 class folders" in msg
     with pytest.raises(ConfigError, match="train.layer_decay"):
         load_finetune_config(TINY_CFG, tiny_overrides(shapes, "o", "train.layer_decay=0"))
+
+
+def test_every_config_loads_and_tiny_cpu_runs_at_64_px():
+    from greenmim.engine.finetune import build_classifier_from_config
+    folder = os.path.join(ROOT, "configs", "finetune")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".yaml"))
+    assert {"greenmim_swin_base_w7_in1k.yaml", "greenmim_swin_large_w14_in1k.yaml", "swin_tiny.yaml",
+            "twins_svt_base.yaml", "tiny_cpu.yaml"} <= set(names)
+    recipes = {n: load_finetune_config(os.path.join(folder, n)) for n in names}
+    base, large = recipes["greenmim_swin_base_w7_in1k.yaml"], recipes["greenmim_swin_large_w14_in1k.yaml"]
+    assert (base["train"]["blr"], base["train"]["layer_decay"], base["model"]["drop_path_rate"]) == (1.25e-3, 0.9, 0.1)
+    assert (large["train"]["blr"], large["train"]["layer_decay"], large["model"]["drop_path_rate"]) == (1e-3, 0.8, 0.3)
+    assert large["model"]["encoder"]["window_size"] == 14 and base["train"]["warmup_epochs"] == 20
+    for img in (64, 192):
+        cfg = load_finetune_config(os.path.join(folder, "tiny_cpu.yaml"), [f"data.img_size={img}"])
+        model, _ = build_classifier_from_config(cfg, 5)
+        assert model.eval()(torch.zeros(1, 3, img, img)).shape == (1, 5)
