@@ -59,7 +59,8 @@ def logs(tmp_path):
     cls = [{"epoch": e, "step": 4 * e, "train_loss": 1.5 - 0.1 * e, "val_acc1": 0.3 + 0.05 * e, "val_acc5": 0.9,
             "val_loss": 1.6} for e in range(6)]
     cls += [{"step": k, "epoch": k / 4, "loss": 1.6 - 0.02 * k, "lr": 1e-3} for k in range(1, 21)]  # per step
-    classification = _write_lines(tmp_path / "classify" / "log.jsonl", cls, tail='{"epoch": 6, "train_lo')
+    classification = _write_lines(tmp_path / "classify" / "pretrained" / "log.jsonl", cls,
+                                  tail='{"epoch": 6, "train_lo')
     return {"pretrain": pretrain, "detection": detection, "classification": classification}
 
 
@@ -163,7 +164,7 @@ def test_detection_picture_size(height, width, tmp_path):
 # ---------------------------------------------------------------------------------- demo report
 
 def test_demo_report_from_a_finished_folder(logs, tmp_path):
-    out = logs["pretrain"].parent.parent  # pretrain/, finetune/, classify/ logs in tmp_path
+    out = logs["pretrain"].parent.parent  # pretrain/, finetune/, classify/pretrained/ logs in tmp_path
     (out / "detections").mkdir()
     from PIL import Image
 
@@ -182,7 +183,7 @@ def test_demo_report_from_a_finished_folder(logs, tmp_path):
     text = (out / "report.md").read_text()
     assert "| GreenMIM-pretrained | box | 41.5 | 60.0 | - |" in text and "| mask | 38.2 |" in text
     assert "| finetune | 10:10 | 20:00 | evaluation 0:12 |" in text and "| data | 0:03 | 0:02 | reused" in text
-    assert "- CPU: " in text
+    assert "- CPU: " in text and "`classify/pretrained/log.jsonl` (classification)" in text
     linked = report_tool.linked_files(text)
     assert linked == ["curves.png", "detections/a.png", "detections/b.png", "reconstruction.png"]
     assert all((out / p).is_file() for p in linked)

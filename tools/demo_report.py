@@ -35,13 +35,14 @@ def _mmss(seconds: Optional[float]) -> str:
 
 
 def find_logs(out_dir: str) -> List[str]:
-    """The training logs of the demo's stages: <out_dir>/<stage folder>/log.jsonl or metrics.json."""
+    """The training logs of the demo's stages: log.jsonl or metrics.json one or two folders below
+    out_dir (finetune/metrics.json, classify/pretrained/log.jsonl), not in the data."""
     logs = []
-    for name in sorted(os.listdir(out_dir)):
-        for log in plot_curves.LOG_NAMES:
-            path = os.path.join(out_dir, name, log)
-            if os.path.isfile(path):
-                logs.append(path)
+    for root, dirs, files in os.walk(out_dir):
+        depth = os.path.relpath(root, out_dir).count(os.sep) + 1 if root != out_dir else 0
+        dirs[:] = sorted(d for d in dirs if depth < 2 and not (depth == 0 and d in ("data", "logs", "stages")))
+        if depth:
+            logs += [os.path.join(root, name) for name in plot_curves.LOG_NAMES if name in files]
     return logs
 
 
@@ -51,7 +52,7 @@ def write_curves(out_dir: str, title: Optional[str] = None) -> Tuple[Optional[st
     curves, skipped = [], []
     for path in find_logs(out_dir):
         try:
-            curves.append(plot_curves.load_log(path, label=os.path.basename(os.path.dirname(path))))
+            curves.append(plot_curves.load_log(path, label=os.path.relpath(os.path.dirname(path), out_dir)))
         except plot_curves.LogError as e:
             skipped.append(str(e))
     if not curves:
@@ -111,7 +112,8 @@ def render(summary: Dict, curves: Optional[str], curves_note: str, info: Dict[st
     out = [
         "# GreenMIM demo report",
         "",
-        f"{kind} run, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {_mmss(summary.get('total_seconds'))} (m:ss) "
+        f"{kind} run, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+        f"{_mmss(summary.get('total_seconds'))} (m:ss) "
         f"for all stages, {_mmss(summary.get('this_run_seconds'))} in this run; device {s.get('device', '?')}; "
         f"{s.get('num_train', '?')} train / {s.get('num_val', '?')} val images of {s.get('img_size', '?')} px, "
         f"{s.get('pretrain_epochs', '?')} pretraining epochs, {s.get('finetune_iters', '?')} Mask R-CNN iterations.",
@@ -142,7 +144,8 @@ def render(summary: Dict, curves: Optional[str], curves_note: str, info: Dict[st
         else:
             out += ["", f"## {os.path.splitext(os.path.basename(p))[0]}"]
         out += ["", _image(p, os.path.basename(p))]
-    out += ["", "## Stage times", "", "| stage | wall time (m:ss) | CPU time of the tool (m:ss) | note |", "|---|---|---|---|"]
+    out += ["", "## Stage times", "", "| stage | wall time (m:ss) | CPU time of the tool (m:ss) | note |",
+            "|---|---|---|---|"]
     for name, t in summary.get("stages", {}).items():
         extra = "reused from an earlier run" if t.get("reused") else ""
         if t.get("of_which_evaluation_seconds") is not None:

@@ -73,7 +73,8 @@ def detect_kind(records: Sequence[dict]) -> Optional[str]:
     keys = set().union(*records) if records else set()
     if keys & {"val_acc1", "val_acc5", "train_loss"}:
         return "classification"
-    if "iteration" in keys and ("total_loss" in keys or keys & set(AP_KEYS) or any(k.startswith("loss_") for k in keys)):
+    losses = "total_loss" in keys or any(k.startswith("loss_") for k in keys)
+    if "iteration" in keys and (losses or keys & set(AP_KEYS)):
         return "detection"
     if "step" in keys and "loss" in keys:
         return "pretrain"
@@ -244,7 +245,8 @@ def _unique_labels(paths: Sequence[str]) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("logs", nargs="+", metavar="LOG", help="log files, or folders holding log.jsonl / metrics.json")
     p.add_argument("--out", default="curves.png", help="PNG to write (default curves.png)")
     p.add_argument("--title", default=None, help="title above the panels")
