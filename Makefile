@@ -2,7 +2,7 @@
 # other targets depend on it and cost a few seconds once the venv is in place.
 PY := .venv/bin/python
 
-.PHONY: setup test demo demo-compare
+.PHONY: setup test demo demo-compare demo-classify
 
 setup:
 	@bash scripts/setup.sh
@@ -17,3 +17,8 @@ demo: setup
 # The demo plus the same fine-tuning from random init: what pretraining buys (reuses finished stages).
 demo-compare: setup
 	$(PY) tools/demo.py --compare
+
+# Classification on the demo's shapes: tiny_cpu fine-tuning from random init vs a green-pretrained
+# encoder, 100% and 10% of the labels (pretrains one first; ENCODER=path reuses one).
+demo-classify: setup
+	$(PY) tools/demo_classify.py --out output/demo_classify $(if $(ENCODER),--encoder $(ENCODER),)
