@@ -65,8 +65,9 @@ def write_curves(out_dir: str, title: Optional[str] = None) -> Tuple[Optional[st
     return CURVES, note
 
 
-def machine() -> Dict[str, str]:
-    """What the demo ran on, in words (for people comparing times)."""
+def machine(load_average: Optional[Sequence[float]] = None) -> Dict[str, str]:
+    """What the demo ran on, in words (for people comparing times); load_average: the run's
+    (summary.json records it at the end), else the current one."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -74,7 +75,7 @@ def machine() -> Dict[str, str]:
     except OSError:
         pass
     info = {"CPU": f"{cpu}, {os.cpu_count()} cores",
-            "load average (1 / 5 / 15 min)": " / ".join(f"{x:.1f}" for x in os.getloadavg())}
+            "load average at the end (1 / 5 / 15 min)": " / ".join(f"{x:.1f}" for x in load_average or os.getloadavg())}
     try:
         info["memory"] = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
     except (ValueError, OSError, AttributeError):
@@ -167,7 +168,7 @@ def write_report(out_dir: str, summary: Optional[Dict] = None) -> str:
     path = os.path.join(out_dir, REPORT)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(render(summary, curves, note, machine()))
+        f.write(render(summary, curves, note, machine(summary.get("machine", {}).get("load_average_at_end"))))
     os.replace(tmp, path)
     return path
 
