@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
+from greenmim.engine.layer_decay import layer_scales
+
 __all__ = [
     "swin_layer_id",
     "swin_lr_decay_factors",
@@ -88,13 +90,11 @@ def get_swin_layer_decay_param_groups(
     Returns:
         list of {"params": [...], "lr": ..., "weight_decay": ...}, one per distinct (lr, wd).
     """
-    if not 0.0 < layer_decay <= 1.0:
-        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    # the lr factors come from the encoder's own layer ids (greenmim's one layer-decay rule)
+    scales = layer_scales(model, layer_decay)  # raises ValueError outside (0, 1]
     prefix, encoder = _find_encoder(model)
     if encoder is None and hasattr(model, "depths") and hasattr(model, "patch_embed"):
         prefix, encoder = "", model
-    depths = list(encoder.depths) if encoder is not None else []
-    factors = swin_lr_decay_factors(depths, layer_decay)
     no_decay = set()
     if encoder is not None and hasattr(encoder, "no_weight_decay"):
         no_decay = {prefix + n for n in encoder.no_weight_decay()}
@@ -106,10 +106,7 @@ def get_swin_layer_decay_param_groups(
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
-        if encoder is not None and name.startswith(prefix):
-            lr = base_lr * factors[swin_layer_id(name[len(prefix):], depths)]
-        else:
-            lr = base_lr
+        lr = base_lr * scales[name]
         exclude = param.ndim <= 1 or name in no_decay or any(n in name for n in _NO_DECAY_NAMES)
         wd = weight_decay_norm if exclude else weight_decay
         for suffix, values in overrides.items():

@@ -3,7 +3,7 @@
 optim.get_swin_layer_decay_param_groups reads layer ids from the Swin parameter layout
 (layers.i.blocks.j). Twins-SVT has another layout (patch_embeds.i, blocks.i.j, pos_block.i), so
 its encoder says itself which layer a parameter belongs to (`encoder.layer_id(name)`, see
-greenmim/models/twins.py); the lr factors and the weight-decay rules are optim.py's:
+greenmim/models/twins.py); the lr factors come from greenmim.engine.layer_decay (as for Swin):
 
     lr = base_lr * layer_decay ** (sum(depths) + 1 - layer_id)     (heads, FPN, out norms: base_lr)
     weight decay 0 for norms, biases (< 2 dims) and what encoder.no_weight_decay() names (PEG).
@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
 
-from .optim import swin_lr_decay_factors
+from greenmim.engine.layer_decay import layer_scales
 
 __all__ = ["get_encoder_layer_decay_param_groups"]
 
@@ -47,10 +47,8 @@ def get_encoder_layer_decay_param_groups(
 ) -> List[Dict[str, Any]]:
     """Parameter groups ({"params", "lr", "weight_decay"}, one per distinct pair) with layer decay
     taken from the encoder's own `layer_id`. Arguments as in get_swin_layer_decay_param_groups."""
-    if not 0.0 < layer_decay <= 1.0:
-        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
     prefix, encoder = _find_encoder(model)
-    factors = swin_lr_decay_factors(list(encoder.depths), layer_decay)
+    scales = layer_scales(model, layer_decay)  # greenmim's one layer-decay rule; ValueError outside (0, 1]
     no_decay = {prefix + n for n in getattr(encoder, "no_weight_decay", lambda: set())()}
     groups: Dict[Tuple[float, float], List[nn.Parameter]] = {}
     seen = set()
@@ -58,7 +56,7 @@ def get_encoder_layer_decay_param_groups(
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
-        lr = base_lr * factors[encoder.layer_id(name[len(prefix):])] if name.startswith(prefix) else base_lr
+        lr = base_lr * scales[name]
         wd = weight_decay_norm if (param.ndim <= 1 or name in no_decay) else weight_decay
         for suffix, values in (overrides or {}).items():
             if name.endswith(suffix):
