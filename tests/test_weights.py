@@ -2,8 +2,8 @@
 layout out (timm's own pretrained loading), bad files as one clear line.
 
 Random weights from timm.create_model(..., pretrained=False) stand for the hub's files: their keys
-and shapes are what timm serves. Swin-B and Twins-S run at 64 px with window 2 (real widths and
-depths, tiny maps); Swin-T runs as timm's swin_tiny_patch4_window7_224 itself.
+and shapes are what timm serves. Features are compared in float64 at 64 px with window 2 (real
+widths and depths, tiny maps); Swin-T also goes through timm's published 224 px / window 7 model.
 """
 from __future__ import annotations
 
@@ -26,12 +26,13 @@ from greenmim.weights import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# our arch -> (timm model, image size, timm kwargs, our kwargs)
+# our arch -> (timm model, timm kwargs, our kwargs), all at 64 px with window 2
 CASES = {
-    "swin_tiny": ("swin_tiny_patch4_window7_224", 224, {}, {}),
-    "swin_base": ("swin_base_patch4_window7_224", 64, dict(window_size=2), dict(window_size=2)),
-    "twins_svt_small": ("twins_svt_small", 64, dict(wss=[2, 2, 2, 2]), dict(window_size=2)),
+    "swin_tiny": ("swin_tiny_patch4_window7_224", dict(window_size=2), dict(window_size=2)),
+    "swin_base": ("swin_base_patch4_window7_224", dict(window_size=2), dict(window_size=2)),
+    "twins_svt_small": ("twins_svt_small", dict(wss=[2, 2, 2, 2]), dict(window_size=2)),
 }
+IMG = 64
 TINY_SWIN = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
 
 
@@ -49,88 +50,107 @@ def _timm_features(model, x):
 
 
 @pytest.fixture(scope="module")
-def timm_case(request):
-    """arch -> (timm model in float64, its state dict, an input, timm's features); built once."""
+def case():
+    """arch -> dict(sd: timm's state dict (float32, as files hold it; float32 values are exact in
+    float64), x: an input, expected: timm's float64 features, ours: our float64 encoder of the
+    arch); each built once (building the models is the slow part)."""
     cache = {}
 
     def get(arch):
         if arch not in cache:
-            name, img, timm_kw, _ = CASES[arch]
+            name, timm_kw, our_kw = CASES[arch]
             torch.manual_seed(0)
-            model = timm.create_model(name, pretrained=False, img_size=img, **timm_kw).double().eval()
-            x = torch.randn(1, 3, img, img, dtype=torch.float64)
-            cache[arch] = model, model.state_dict(), x, _timm_features(model, x)
+            model = timm.create_model(name, pretrained=False, img_size=IMG, **timm_kw).eval()
+            sd = {k: v.clone() for k, v in model.state_dict().items()}
+            x = torch.randn(1, 3, IMG, IMG, dtype=torch.float64)
+            ours = greenmim.build_encoder(arch, img_size=IMG, drop_path_rate=0.0, **our_kw).double().eval()
+            cache[arch] = dict(sd=sd, x=x, expected=_timm_features(model.double(), x), ours=ours)
         return cache[arch]
 
     return get
 
 
-def _ours(arch):
-    _, img, _, our_kw = CASES[arch]
-    return greenmim.build_encoder(arch, img_size=img, drop_path_rate=0.0, **our_kw).double().eval()
-
-
-def _assert_features_equal(encoder, x, expected):
-    with torch.no_grad():
-        got = encoder(x)
+def _assert_features_equal(got, expected):
     assert len(got) == len(expected) == 4
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+def _features(encoder, x):
+    with torch.no_grad():
+        return encoder(x)
+
+
+def _zero(encoder):
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.zero_()
+
+
 @pytest.mark.parametrize("arch", sorted(CASES))
-def test_timm_layout_state_dict_and_safetensors_load_strictly_with_timms_features(arch, timm_case, tmp_path):
-    _, sd, x, expected = timm_case(arch)
-    encoder = _ours(arch)
-    report = load_encoder_weights(encoder, sd, strict=True)
+def test_timm_layout_state_dict_and_safetensors_load_strictly_with_timms_features(arch, case, tmp_path):
+    c = case(arch)
+    encoder = c["ours"]
+    report = load_encoder_weights(encoder, c["sd"], strict=True)
     assert "(timm layout)" in report.summary() and "missing encoder tensors: 0" in report.summary()
     assert report.missing == [] and report.unexpected == [] and report.head_dropped
     assert report.loaded == len(encoder.state_dict())
-    _assert_features_equal(encoder, x, expected)
+    _assert_features_equal(_features(encoder, c["x"]), c["expected"])
 
     # the same weights as the hub serves them: model.safetensors, no pickle
     path = tmp_path / "model.safetensors"
-    save_safetensors(sd, str(path))
-    assert set(read_weights(str(path))) == set(sd)
-    fresh = _ours(arch)
-    report = load_encoder_weights(fresh, str(path))
-    assert report.summary().startswith(f"loaded {len(fresh.state_dict())} encoder tensors from {path} (timm layout)")
-    _assert_features_equal(fresh, x, expected)
+    save_safetensors(c["sd"], str(path))
+    assert set(read_weights(str(path))) == set(c["sd"])
+    _zero(encoder)
+    report = load_encoder_weights(encoder, str(path))
+    assert report.summary().startswith(f"loaded {len(encoder.state_dict())} encoder tensors from {path} (timm layout)")
+    _assert_features_equal(_features(encoder, c["x"]), c["expected"])
 
 
-@pytest.mark.parametrize("arch", sorted(CASES))
-def test_format_timm_output_loads_with_timms_pretrained_loading(arch, timm_case, tmp_path, capsys):
+@pytest.mark.parametrize("arch", ["swin_base", "twins_svt_small"])  # Swin-T: the next test
+def test_format_timm_output_loads_with_timms_pretrained_loading(arch, case, tmp_path, capsys):
     """ours (an encoder export, no head) -> --format timm -> timm.create_model(pretrained=True)."""
-    name, img, timm_kw, _ = CASES[arch]
-    _, sd, x, expected = timm_case(arch)
-    encoder = _ours(arch)
-    load_encoder_weights(encoder, sd)
+    name, timm_kw, _ = CASES[arch]
+    c = case(arch)
+    load_encoder_weights(c["ours"], c["sd"])
     export = tmp_path / "encoder.pth"
-    torch.save({"model": encoder.state_dict()}, export)
+    torch.save({"model": {k: v.float() for k, v in c["ours"].state_dict().items()}}, export)
+    out = str(tmp_path / ("timm.pth" if arch == "twins_svt_small" else "timm.safetensors"))
+    assert _load_tool("convert_checkpoint").main([str(export), out, "--format", "timm"]) == 0
+    printed = capsys.readouterr().out
+    assert "missing encoder tensors: 0" in printed and "a fresh 1000-class head" in printed
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=out), img_size=IMG, **timm_kw)
+    _assert_features_equal(_timm_features(model.double().eval(), c["x"]), c["expected"])
+
+
+def test_format_timm_swin_t_loads_into_timms_model_as_published(tmp_path, capsys):
+    """The hub's Swin-T file -> ours -> --format timm -> timm's swin_tiny_patch4_window7_224 as
+    published (224 px, window 7): every tensor, the head included, arrives unchanged."""
+    name = "swin_tiny_patch4_window7_224"
+    source = timm.create_model(name, pretrained=False).state_dict()
+    hub, ours, out = (str(tmp_path / n) for n in ("model.safetensors", "encoder.safetensors", "timm.pth"))
+    save_safetensors(source, hub)
     convert = _load_tool("convert_checkpoint")
-    for suffix in (".safetensors", ".pth"):
-        out = str(tmp_path / f"timm{suffix}")
-        assert convert.main([str(export), out, "--format", "timm"]) == 0
-        printed = capsys.readouterr().out
-        assert "missing encoder tensors: 0" in printed and "a fresh 1000-class head" in printed
-        kw = dict(img_size=img, **timm_kw) if timm_kw else {}  # Swin-T: timm's model exactly
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=out), **kw)
-        features = _timm_features(model.double().eval(), x)
-        for a, b in zip(features, expected):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
-        if not timm_kw:
-            assert f"timm.create_model('{name}', pretrained=True" in printed
+    assert convert.main([hub, ours]) == 0
+    assert convert.main([hub, out, "--format", "timm"]) == 0
+    printed = capsys.readouterr().out
+    assert "the file's 1000-class head" in printed
+    assert f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='{out}'))" in printed
+    loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=out)).state_dict()
+    assert set(loaded) == set(source)
+    assert all(torch.equal(loaded[k], source[k]) for k in source)
+    assert "layers.0.downsample.reduction.weight" in read_weights(ours)  # our names in between
 
 
-def test_convert_writes_our_names_from_a_timm_file(timm_case, tmp_path, capsys):
-    _, sd, x, expected = timm_case("swin_base")
+def test_convert_writes_our_names_from_a_timm_file(case, tmp_path, capsys):
+    c = case("twins_svt_small")
     src, out = tmp_path / "model.safetensors", tmp_path / "encoder.safetensors"
-    save_safetensors(sd, str(src))
+    save_safetensors(c["sd"], str(src))
     assert _load_tool("convert_checkpoint").main([str(src), str(out)]) == 0
     assert "(timm layout)" in capsys.readouterr().out
-    encoder = _ours("swin_base")
-    encoder.load_state_dict(read_weights(str(out)), strict=True)  # plain torch, no greenmim mapping
-    _assert_features_equal(encoder, x, expected)
+    _zero(c["ours"])
+    c["ours"].load_state_dict(read_weights(str(out)), strict=True)  # plain torch, no greenmim mapping
+    _assert_features_equal(_features(c["ours"], c["x"]), c["expected"])
 
 
 # ------------------------------------------------------------------------- bad files: one line
