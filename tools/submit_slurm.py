@@ -3,6 +3,8 @@
 
     python tools/submit_slurm.py --nodes 2 --gpus-per-node 8 --partition learnlab --timeout 4320 \
         --config configs/pretrain/greenmim_swin_base_w7.yaml data.path=/datasets/imagenet
+    python tools/submit_slurm.py --finetune --nodes 2 --config configs/finetune/greenmim_swin_base_w7_in1k.yaml \
+        data.path=/datasets/imagenet model.init=output/greenmim_swin_base_w7/encoder.pth
 
 The job directory (default output/slurm/<config name>) holds Slurm's logs and, unless
 output_dir= is given, the training output. On timeout or pre-emption the job requeues itself and
@@ -33,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--constraint", default=None, help="e.g. volta32gb")
     p.add_argument("--comment", default=None)
     p.add_argument("--job-dir", default=None)
+    p.add_argument("--finetune", action="store_true",
+                   help="submit classification fine-tuning (pretrain/main_finetune.py, configs/finetune/)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     return p.parse_args(argv)
 
@@ -40,8 +44,9 @@ def parse_args(argv=None):
 class Trainer:
     """The submitit callable: sets torchrun's environment from Slurm's, then runs main."""
 
-    def __init__(self, argv):
+    def __init__(self, argv, finetune: bool = False):
         self.argv = list(argv)
+        self.finetune = finetune
 
     def __call__(self) -> int:
         import submitit
@@ -51,7 +56,10 @@ class Trainer:
                                                                          overwrite=True)
         print(f"task {dist_env.rank}/{dist_env.world_size} on {env.hostname}, master "
               f"{dist_env.master_addr}:{dist_env.master_port}", flush=True)
-        from greenmim.engine.pretrain import main
+        if self.finetune:
+            from greenmim.engine.finetune import main
+        else:
+            from greenmim.engine.pretrain import main
         code = main(self.argv)
         if code:
             raise SystemExit(code)
@@ -60,7 +68,7 @@ class Trainer:
     def checkpoint(self):
         """Called by submitit on timeout / pre-emption: requeue; resume=auto picks up the run."""
         import submitit
-        return submitit.helpers.DelayedSubmission(Trainer(self.argv))
+        return submitit.helpers.DelayedSubmission(Trainer(self.argv, self.finetune))
 
 
 def main(argv=None) -> int:
@@ -72,6 +80,8 @@ def main(argv=None) -> int:
         return 2
     from greenmim.config import UserError, load_config
     try:
+        if args.finetune:
+            from greenmim.engine.finetune_config import load_finetune_config as load_config
         cfg = load_config(args.config, args.overrides)  # fail here, not after queueing
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -99,7 +109,7 @@ def main(argv=None) -> int:
         tasks_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
         mem_gb=args.mem_gb or 40 * args.gpus_per_node, timeout_min=args.timeout,
         slurm_signal_delay_s=120, **extra)
-    job = executor.submit(Trainer(["--config", os.path.abspath(args.config), *overrides]))
+    job = executor.submit(Trainer(["--config", os.path.abspath(args.config), *overrides], args.finetune))
     print(f"submitted job {job.job_id}; logs and output in {job_dir}")
     return 0
 
