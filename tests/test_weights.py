@@ -242,3 +242,11 @@ def test_pretraining_export_writes_encoder_safetensors_when_asked(tmp_path):
         assert f.metadata()["arch"] == "swin_tiny"
     report = load_encoder_weights(_tiny_encoder(), str(tmp_path / "encoder.safetensors"))
     assert report.missing == [] and not report.head_dropped
+
+
+def test_visualize_reconstruction_says_a_safetensors_file_is_weights_only(tmp_path, capsys):
+    path = str(tmp_path / "encoder.safetensors")
+    save_safetensors(_tiny_encoder().state_dict(), path)
+    code = _load_tool("visualize_reconstruction").main([path, "--out", str(tmp_path / "rec.png")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert code == 2 and len(err) == 1 and "weights only" in err[0] and "checkpoint-last.pth" in err[0]

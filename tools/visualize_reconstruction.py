@@ -45,6 +45,9 @@ def main(argv=None) -> int:
             raise UserError(f"checkpoint {args.checkpoint} does not exist")
         if args.mask_ratio is not None and not 0.0 < args.mask_ratio < 1.0:
             raise UserError(f"--mask-ratio must be in (0, 1), got {args.mask_ratio}; use e.g. 0.75")
+        if args.checkpoint.endswith(".safetensors"):  # weights only: no config, usually no decoder
+            raise UserError(f"{args.checkpoint} holds weights only (safetensors); the figure needs the decoder "
+                            "and config of a training checkpoint: pass output_dir/checkpoint-last.pth")
         state = ckpt.load(args.checkpoint)
         if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
             raise UserError(f"{args.checkpoint} is not a GreenMIM training checkpoint (it needs 'model' and "
