@@ -138,7 +138,10 @@ class ImageFolderDataset(Dataset):
             if i in self._bad:
                 continue
             path = self.samples[i]
+            reads_files = getattr(self.transform, "reads_files", False)
             try:
+                if reads_files:  # the transform decodes (e.g. at a reduced DCT scale)
+                    return self._item(i, path)
                 img = load_rgb(path)
             except UNREADABLE as e:
                 why = f"{type(e).__name__}: {' '.join(str(e).split())}"

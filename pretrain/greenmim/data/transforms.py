@@ -9,7 +9,7 @@ from torchvision import transforms as T
 
 def build_pretrain_transform(img_size: int = 224, scale: Tuple[float, float] = (0.2, 1.0),
                              mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-                             std: Sequence[float] = IMAGENET_DEFAULT_STD) -> T.Compose:
+                             std: Sequence[float] = IMAGENET_DEFAULT_STD, decode: str = "pil") -> T.Compose:
     """PIL RGB image -> normalised float tensor [3, img_size, img_size].
 
     RandomResizedCrop(img_size, scale, bicubic) + horizontal flip + ToTensor + Normalize. The
@@ -21,7 +21,19 @@ def build_pretrain_transform(img_size: int = 224, scale: Tuple[float, float] = (
             mask generator, not here, so the transform stays usable for other models).
         scale: area fraction range of the random crop.
         mean, std: per-channel normalisation (ImageNet defaults from timm).
+        decode: "pil" (the transform gets decoded images) or "draft" (it gets file paths and
+            decodes JPEGs at the smallest DCT scale the crop allows: fast_decode.py).
     """
+    if decode not in ("pil", "draft"):
+        raise ValueError(f"decode must be 'pil' or 'draft', got {decode!r}")
+    if decode == "draft":
+        from .fast_decode import DraftRandomResizedCrop, FileTransform
+        return FileTransform([
+            DraftRandomResizedCrop(img_size, scale=tuple(scale)),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean=tuple(mean), std=tuple(std)),
+        ])
     return T.Compose([
         T.RandomResizedCrop(img_size, scale=tuple(scale),
                             interpolation=T.InterpolationMode.BICUBIC),

@@ -106,7 +106,8 @@ def build_dataset(cfg: dict) -> Dataset:
     """The pretraining dataset named by cfg["data"], already wrapped in SeededDataset."""
     from ..data.transforms import build_pretrain_transform
     d = cfg["data"]
-    transform = build_pretrain_transform(d["img_size"], scale=tuple(d["scale"]))
+    transform = build_pretrain_transform(d["img_size"], scale=tuple(d["scale"]),
+                                         decode=d["decode"] if d["path"] != "synthetic" else "pil")
     if d["path"] in (None, ""):
         raise ConfigError("no training data given; set data.path=/path/to/images "
                           "(or data.path=synthetic for generated images)")
