@@ -65,7 +65,7 @@ def _tiny_encoder_export(tmp_path):
     return encoder.state_dict(), str(path)
 
 
-def test_format_detectron2_loads_with_detectron2s_stock_checkpointer(tmp_path, capsys):
+def test_format_detectron2_loads_with_detectron2s_stock_checkpointer(tmp_path, capsys, caplog):
     source, export = _tiny_encoder_export(tmp_path)
     out = str(tmp_path / "swin_t_d2.pth")
     assert _load_tool("convert_checkpoint").main([export, out, "--format", "detectron2"]) == 0
@@ -76,6 +76,12 @@ def test_format_detectron2_loads_with_detectron2s_stock_checkpointer(tmp_path, c
     assert backbone
     for k, v in backbone.items():
         assert torch.equal(v, source[k[len("backbone.bottom_up.encoder."):]]), k
+    # ours reads the same file with its one-line report
+    detector = _detector("mask_rcnn_green_swin_t_fpn_1x.py", TINY[:3])
+    with caplog.at_level("INFO", logger="greenmim_det.checkpoint"):
+        GreenCheckpointer(detector).load(out)
+    lines = [r.getMessage() for r in caplog.records if "GreenCheckpointer" in r.getMessage()]
+    assert len(lines) == 1 and "(detectron2 model, Swin layout)" in lines[0] and "missing encoder tensors: 0" in lines[0]
 
 
 @pytest.fixture(scope="module")
