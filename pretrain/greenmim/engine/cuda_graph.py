@@ -60,7 +60,10 @@ class GraphedStep:
         self.replays = 0
 
     def _run(self, images, mask, plans) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        # No autocast weight-cast cache: cached casts made while recording would be freed when the
+        # context exits, and the graph's replays would then write into memory it no longer owns.
+        with torch.autocast("cuda", dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None,
+                            cache_enabled=False):
             loss = self.model(images, mask, plans)["loss"]
         loss.backward()
         return loss.detach()
