@@ -40,3 +40,33 @@ def test_workers_give_the_batches_one_process_gives_and_plans_match_the_encoder(
         with torch.no_grad():
             for a, b in zip(enc(x, mask_b, plans=plans_b), enc(x, mask_b)):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _run_losses(out_dir, *extra):
+    import json
+    import os
+    from greenmim.config import load_config
+    from greenmim.engine.pretrain import run
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "pretrain", "tiny_cpu.yaml"), [
+        f"output_dir={out_dir}", "data.img_size=128", "data.synthetic_size=8", "train.batch_size=4",
+        "train.epochs=2", "train.warmup_epochs=1", "log.every_steps=1", "log.tensorboard=false",
+        "log.progress_bar=false", "log.vis_every_epochs=0", "checkpoint.every_epochs=0",
+        "model.encoder={embed_dim: 16, depths: [1, 2, 1, 1], num_heads: [1, 2, 2, 4], window_size: 4}",
+        "model.decoder_dim=32", "model.decoder_num_heads=2", "export_encoder=false", *extra])
+    run(cfg)
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+def test_engine_with_static_shapes_and_worker_plans_equals_planning_in_the_step(tmp_path):
+    """Whole pretraining runs: static shapes with plans from 2 workers give the losses of dynamic
+    plans made in the step (same masks: both come from the loader's collate)."""
+    torch.set_num_threads(1)
+    ref = _run_losses(tmp_path / "ref", "data.num_workers=0")
+    static = _run_losses(tmp_path / "static", "data.num_workers=2", "model.static_shapes=true",
+                         "mask.shared=false")
+    static_shared = _run_losses(tmp_path / "static_shared", "data.num_workers=2", "model.static_shapes=true")
+    assert len(ref) == len(static_shared) == 4
+    assert torch.allclose(torch.tensor(static_shared), torch.tensor(ref), rtol=1e-5, atol=1e-6)
+    assert len(static) == 4 and all(torch.isfinite(torch.tensor(static)))
