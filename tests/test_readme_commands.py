@@ -110,8 +110,10 @@ def test_readme_command_matches_code(argv):
     assert os.path.isfile(os.path.join(REPO, config)), f"README names config {config}, which does not exist"
     if config.endswith((".yaml", ".yml")):
         from greenmim.config import load_config
+        from greenmim.engine.finetune_config import load_finetune_config
 
-        load_config(os.path.join(REPO, config), [o for o in overrides if "$" not in o])
+        load = load_finetune_config if config.startswith("configs/finetune/") else load_config
+        load(os.path.join(REPO, config), [o for o in overrides if "$" not in o])
     else:
         pytest.importorskip("detectron2")
         from detectron2.config import LazyConfig

@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs with 100%% of the labels")
     p.add_argument("--epochs-10pct", type=int, default=50, help="fine-tuning epochs with 10%% of the labels")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="more tiny_cpu.yaml overrides")
     a = p.parse_args(argv)
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
                            f"output_dir={run_dir}", f"model.init={init}", f"data.train_fraction={frac}",
                            f"train.epochs={epochs}", f"train.batch_size={a.batch_size}",
                            f"eval.every_epochs={max(1, epochs // 10)}",
-                           "log.progress_bar=false"], log)
+                           "log.progress_bar=false", *a.overrides], log)
             r = _final(run_dir)
             rows.append(f"| {name} | {int(frac * 100)}% | {epochs} | {r.get('val_acc1', float('nan')):.1f} | "
                         f"{r.get('val_acc5', float('nan')):.1f} | {secs / 60:.1f} |")
