@@ -1,9 +1,9 @@
 """Layer-wise lr decay for encoders that number their own layers (Green Twins-SVT).
 
-optim.get_swin_layer_decay_param_groups reads layer ids from the Swin parameter layout
-(layers.i.blocks.j). Twins-SVT has another layout (patch_embeds.i, blocks.i.j, pos_block.i), so
-its encoder says itself which layer a parameter belongs to (`encoder.layer_id(name)`, see
-greenmim/models/twins.py); the lr factors come from greenmim.engine.layer_decay (as for Swin):
+Both this and optim.get_swin_layer_decay_param_groups ask the encoder which layer a parameter
+belongs to (`encoder.layer_id(name)`, `encoder.num_layers`) through greenmim.engine.layer_decay;
+this one finds any encoder with `layer_id` (Twins-SVT's layout: patch_embeds.i, blocks.i.j,
+pos_block.i) and excludes only 1-D parameters and what encoder.no_weight_decay() names:
 
     lr = base_lr * layer_decay ** (sum(depths) + 1 - layer_id)     (heads, FPN, out norms: base_lr)
     weight decay 0 for norms, biases (< 2 dims) and what encoder.no_weight_decay() names (PEG).
