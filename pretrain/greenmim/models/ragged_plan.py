@@ -64,7 +64,9 @@ class RaggedPlan:
         return cls(order.to(dev), inverse.to(dev), rows_s, cols_s, win_s, block_mask, window, p)
 
     def attention(self, qkv: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """qkv [B, N, 3C] -> attention output [B, N, C]."""
+        """qkv [B, N, 3C] (or [B*N, 3C]) -> attention output [B, N, C] (or [B*N, C])."""
+        lead = qkv.shape[:-1]
+        qkv = qkv.view(-1, self.rows.shape[1], qkv.shape[-1])
         b, n, three_c = qkv.shape
         p, ws = self.plan_samples, self.window
         flat = qkv.reshape(b // p, p * n, three_c).index_select(1, self.order).view(b, n, three_c)
@@ -80,4 +82,4 @@ class RaggedPlan:
         # A shared plan (P = 1) broadcasts its block mask over the batch.
         out = _flex_attention(qkv.device.type)(q, k, v, score_mod=add_bias, block_mask=self.block_mask)
         out = _merge_heads(out).reshape(b // p, p * n, three_c // 3)
-        return out.index_select(1, self.inverse).view(b, n, three_c // 3)
+        return out.index_select(1, self.inverse).view(*lead, three_c // 3)

@@ -299,22 +299,26 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
         p = plans["plan_samples"]
         if p not in (1, images.shape[0]):
             raise ValueError(f"plans were made for {p} masks; this batch has {images.shape[0]} samples")
+        b = images.shape[0]
+        # Tokens travel as one [B*N, C] matrix: every linear layer is then a single addmm, with no
+        # reshapes around it (about 480 fewer ops per Swin-B forward + backward).
         x = self._embed_visible(images, plans["embed_index"], p)
         outs = []
         for i, stage in enumerate(self.layers):
             x = stage.run_blocks(x, plans["attention"][i])
-            outs.append(x)
+            outs.append(x.view(b, -1, x.shape[-1]))
             if stage.downsample is not None:
-                x = stage.downsample.forward_sparse(x, plans["merge"][i], p)
+                x = stage.downsample.forward_sparse(x, plans["merge"][i], p, batch=b)
         return outs
 
     def _embed_visible(self, images: torch.Tensor, index: torch.Tensor, plan_samples: int) -> torch.Tensor:
         """Patch embedding of the visible patches only: the stride-4 conv is a linear map of each
-        4x4 patch, so it runs on gathered patches with the conv's own weights. -> [B, N, C]"""
+        4x4 patch, so it runs on gathered patches with the conv's own weights. -> [B*N, C]"""
         b, c, h, w = images.shape
         ps = self.patch_size
         patches = images.view(b, c, h // ps, ps, w // ps, ps).permute(0, 2, 4, 1, 3, 5)
         patches = gather_tokens(patches.reshape(b, (h // ps) * (w // ps), c * ps * ps), index, plan_samples)
+        patches = patches.flatten(0, 1)
         proj = self.patch_embed.proj
         return self.patch_embed.norm(F.linear(patches, proj.weight.flatten(1), proj.bias))
 

@@ -53,8 +53,17 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
     def forward(self, x: torch.Tensor, plan, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), plan, bias))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        """x [B, H, W, C] (dense), or the visible tokens as [B, N, C] or [B*N, C] (sparse)."""
+        x = x + self._drop_path(self.attn(self.norm1(x), plan, bias), plan)
+        return x + self._drop_path(self.mlp(self.norm2(x)), plan)
+
+    def _drop_path(self, y: torch.Tensor, plan) -> torch.Tensor:
+        """Stochastic depth per sample, also for tokens flattened to [B*N, C]."""
+        if isinstance(self.drop_path, nn.Identity):
+            return y
+        if y.dim() == 2:
+            return self.drop_path(y.view(-1, plan.num_tokens, y.shape[-1])).view_as(y)
+        return self.drop_path(y)
 
 
 class PatchMerging(nn.Module):
@@ -72,8 +81,12 @@ class PatchMerging(nn.Module):
         x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
         return self.reduction(self.norm(x))
 
-    def forward_sparse(self, x: torch.Tensor, index: torch.Tensor, plan_samples: int) -> torch.Tensor:
-        """x [B, N, C] visible tokens; index from token_layout.merge_index -> [B, N/4, 2C]."""
-        b, _, c = x.shape
-        x = gather_tokens(x, index, plan_samples).view(b, -1, 4 * c)
+    def forward_sparse(self, x: torch.Tensor, index: torch.Tensor, plan_samples: int,
+                       batch: Optional[int] = None) -> torch.Tensor:
+        """x [B, N, C] visible tokens (or [B*N, C] with batch = B); index from
+        token_layout.merge_index -> [B, N/4, 2C] (or [B*N/4, 2C])."""
+        flat = x.dim() == 2
+        c = x.shape[-1]
+        x = gather_tokens(x.view(batch, -1, c) if flat else x, index, plan_samples)
+        x = x.view(-1, 4 * c) if flat else x.view(x.shape[0], -1, 4 * c)
         return self.reduction(self.norm(x))

@@ -292,24 +292,26 @@ class GroupPlan:
         return tables[:, self.rel_index].permute(0, 4, 1, 2, 3) + mask
 
     def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
-        """qkv [B, N, 3C] -> attention output [B, N, C]. table: the bias table [(2w-1)^2, heads],
+        """qkv [B, N, 3C] or [B*N, 3C] -> attention output of the same layout. table: the bias table [(2w-1)^2, heads],
         or None for window attention without relative position bias."""
         return self.attend(qkv, self.pair_bias(None if table is None else table.unsqueeze(0))[0], num_heads)
 
     def attend(self, qkv: torch.Tensor, bias: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """qkv [B, N, 3C], bias: one block's entry of pair_bias -> attention output [B, N, C].
+        """qkv [B, N, 3C] (or [B*N, 3C]), bias: one block's entry of pair_bias -> attention output
+        [B, N, C] (or [B*N, C]).
 
         The gather of the group slots also splits q, k, v and heads ([3, B/P, heads, G*g, d] from
         one index_select of a permuted view), and the scatter back reads the heads in place, so
         the only copies are the two index_selects."""
-        b, n, three_c = qkv.shape
+        three_c, n = qkv.shape[-1], self.num_tokens
+        b = qkv.numel() // (three_c * n)          # qkv [B, N, 3C] or [B*N, 3C]
         p, g_count, g = self.plan_samples, self.num_groups, self.capacity
         d = three_c // (3 * num_heads)
         slots = _SlotGather.apply(qkv.view(b // p, p * n, 3, num_heads, d), self.gather, self.scatter)
         q, k, v = slots.view(3, b // p, num_heads, g_count, g, d).unbind(0)     # [B/P, heads, G, g, d]
         out = window_attention(q, k, v, bias)
         return _SlotScatter.apply(out.view(b // p, num_heads, g_count * g, d), self.scatter,
-                                  self.gather).view(b, n, three_c // 3)
+                                  self.gather).view(*qkv.shape[:-1], three_c // 3)
 
 
 # Gather and scatter are inverse permutations on the real tokens, so each one's backward is the
