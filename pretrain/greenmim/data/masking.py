@@ -22,6 +22,12 @@ def mask_grid_size(img_size: Union[int, Sequence[int]], unit: int = MASK_UNIT) -
     return h // unit, w // unit
 
 
+def upsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """[B, Hu, Wu] -> [B, Hu*factor, Wu*factor]: each unit's value over its factor x factor cells
+    (tokens of a stage, pixels, key/value cells)."""
+    return mask.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+
+
 def num_visible_units(num_units: int, ratio: float) -> int:
     """Units kept visible: int(num_units * (1 - ratio)), at least one."""
     return max(1, int(num_units * (1.0 - ratio)))

@@ -9,14 +9,14 @@ import torch
 from PIL import Image, ImageDraw
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..data.masking import MASK_UNIT
+from ..data.masking import MASK_UNIT, upsample_mask
 
 COLUMNS = ("original", "masked", "prediction", "pred + visible")
 
 
 def unit_mask_to_pixels(mask: torch.Tensor, unit: int = MASK_UNIT) -> torch.Tensor:
     """bool [B, rows, cols] -> bool [B, 1, rows*unit, cols*unit]."""
-    return mask.repeat_interleave(unit, 1).repeat_interleave(unit, 2).unsqueeze(1)
+    return upsample_mask(mask, unit).unsqueeze(1)
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ from typing import Tuple
 
 import torch
 
-from ..data.masking import MASK_UNIT
+from ..data.masking import MASK_UNIT, upsample_mask
 
 
 class MaskedImageInput:
@@ -18,7 +18,7 @@ class MaskedImageInput:
         """SimMIM input: x [B, H, W, C] patch tokens, mask bool [B, Hu, Wu] -> masked tokens replaced
         by mask_token [C] (every token of a masked unit)."""
         per_unit = self.tokens_per_unit
-        w = mask.repeat_interleave(per_unit, 1).repeat_interleave(per_unit, 2).unsqueeze(-1).to(x.dtype)
+        w = upsample_mask(mask, per_unit).unsqueeze(-1).to(x.dtype)
         return x * (1 - w) + mask_token.reshape(1, 1, 1, -1).to(x.dtype) * w
 
     @staticmethod

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, mask_grid_size
+from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, mask_grid_size, upsample_mask
 from .mim import masked_unit_mse, patchify, unit_statistics, unpatchify
 
 
@@ -73,7 +73,7 @@ class SimMIM(nn.Module):
         rec = self.predict_pixels(images, mask, plans)
         mask = mask.to(images.device, non_blocking=True)
         if self.loss_type == "l1":
-            pix_mask = mask.repeat_interleave(self.unit, 1).repeat_interleave(self.unit, 2)
+            pix_mask = upsample_mask(mask, self.unit)
             pix_mask = pix_mask.unsqueeze(1).to(torch.float32)
             err = F.l1_loss(rec.float(), images.float(), reduction="none")
             loss = (err * pix_mask).sum() / (pix_mask.sum() + 1e-5) / self.in_chans

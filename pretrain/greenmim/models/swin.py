@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from timm.layers import PatchEmbed, trunc_normal_
 
-from ..data.masking import MASK_UNIT, check_mask, check_mask_shape
+from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, upsample_mask
 from .swin_blocks import PatchMerging, SwinBlock
 from .encoder_input import MaskedImageInput
 from .token_layout import gather_tokens, merge_index, stage_layouts
@@ -278,7 +278,7 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
             token_mask = None
             if unit_mask is not None:
                 per_unit = self.tokens_per_unit >> i
-                token_mask = unit_mask.repeat_interleave(per_unit, 1).repeat_interleave(per_unit, 2)
+                token_mask = upsample_mask(unit_mask, per_unit)
             plans = [WindowPlan.build(h, w, stage.window_size, shift, token_mask, x.device)
                      if token_mask is not None else _window_plan(h, w, stage.window_size, shift, x.device)
                      for shift in (0, stage.shift_size)]

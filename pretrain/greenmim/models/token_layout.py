@@ -12,6 +12,8 @@ from typing import List
 
 import torch
 
+from ..data.masking import upsample_mask
+
 # Swin's PatchMerging concatenates x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2].
 MERGE_OFFSETS = ((0, 0), (1, 0), (0, 1), (1, 1))
 
@@ -38,7 +40,7 @@ def stage_layouts(unit_mask: torch.Tensor, num_stages: int, tokens_per_unit: int
     p, hu, wu = unit_mask.shape
     for i in range(num_stages):
         per_unit = tokens_per_unit >> i
-        visible = (~unit_mask).repeat_interleave(per_unit, 1).repeat_interleave(per_unit, 2)
+        visible = upsample_mask(~unit_mask, per_unit)
         h, w = hu * per_unit, wu * per_unit
         flat = visible.flatten(1).nonzero()[:, 1].view(p, -1)  # nonzero is row-major per sample
         layouts.append(StageLayout(h, w, flat // w, flat % w))

@@ -29,7 +29,7 @@ import torch.utils.checkpoint as cp
 from torch import nn
 from timm.layers import trunc_normal_
 
-from ..data.masking import MASK_UNIT, check_mask, check_mask_shape
+from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, upsample_mask
 from .ragged_plan import RaggedPlan
 from .sparse_conv import (SPARSE_CONV_BACKENDS, SparseSites, StridedConvPlan, embed_visible_patches,
                           recompute_in_backward, strided_conv)
@@ -218,7 +218,7 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
                 ctx = DenseStage.build(h, w, self.window_size, x.device)
             else:
                 per_unit = self.tokens_per_unit >> i
-                token_mask = unit_mask.repeat_interleave(per_unit, 1).repeat_interleave(per_unit, 2)
+                token_mask = upsample_mask(unit_mask, per_unit)
                 kv_mask = dense_kv_mask(unit_mask, per_unit // self.sr_ratios[i])
                 ctx = DenseStage.build(h, w, self.window_size, x.device, token_mask, kv_mask)
             x = self._run_stage(i, x, ctx)

@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..data.masking import upsample_mask
+
 from .sparse_conv import (SparseSites, StridedConvPlan, depthwise_conv3x3, recompute_in_backward,
                           strided_conv)
 from .window_plans import WindowPlan
@@ -97,7 +99,7 @@ class SparseStage:
 
 def dense_kv_mask(unit_mask: torch.Tensor, cells_per_unit: int) -> torch.Tensor:
     """unit mask bool [B, Hu, Wu] -> [B, M] mask of the key/value cells (cells_per_unit^2 per unit)."""
-    m = unit_mask.repeat_interleave(cells_per_unit, 1).repeat_interleave(cells_per_unit, 2)
+    m = upsample_mask(unit_mask, cells_per_unit)
     return m.flatten(1)
 
 
