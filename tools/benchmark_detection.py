@@ -47,7 +47,7 @@ ARCH_CONFIG = {
 
 
 class TimmSwinBottomUp(Backbone):
-    """timm's SwinTransformer as res2..res5 with the same output norms as GreenSwinBackbone."""
+    """timm's SwinTransformer as res2..res5 with the same output norms as GreenBackbone."""
 
     def __init__(self, green, timm_name: str, image_size: int):
         super().__init__()

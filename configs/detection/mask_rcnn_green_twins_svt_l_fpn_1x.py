@@ -3,7 +3,7 @@
 
 The Swin configs' fine-tuning recipe: AdamW (lr 1e-4, weight decay 0.05), layer-wise lr decay 0.9
 (common/optim_twins.py), drop path 0.3, LSA window 7, AMP on GPU. The backbone is the same
-GreenSwinBackbone wrapper as for Swin (any greenmim encoder), here around twins_svt_large.
+GreenBackbone wrapper as for Swin (any greenmim encoder), here around twins_svt_large.
 Set train.init_checkpoint to a pretraining checkpoint or its encoder export.
 """
 from .common.data.coco import dataloader

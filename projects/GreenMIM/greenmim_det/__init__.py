@@ -5,6 +5,7 @@ in detectron2's BACKBONE_REGISTRY (for yacs configs). LazyConfig files use the c
 """
 from .backbone import (
     STAGE_NAMES,
+    GreenBackbone,
     GreenSwinBackbone,
     add_green_swin_config,
     build_green_swin_backbone,
@@ -27,6 +28,7 @@ from .roi_align import SeparableROIAlign, SeparableROIPooler, separable_roi_alig
 
 __all__ = [
     "STAGE_NAMES",
+    "GreenBackbone",
     "GreenSwinBackbone",
     "add_green_swin_config",
     "build_green_swin_backbone",

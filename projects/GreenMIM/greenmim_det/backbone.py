@@ -1,13 +1,13 @@
 """Detectron2 backbones around the Green Swin encoder's dense path (and any other greenmim encoder
 with the same contract: `arch="twins_svt_base"` etc. gives Green Twins-SVT, see twins.py).
 
-`GreenSwinBackbone` wraps `greenmim.build_encoder(arch, ...)` and exposes the four stage outputs
+`GreenBackbone` wraps `greenmim.build_encoder(arch, ...)` and exposes the four stage outputs
 as res2..res5 (strides 4/8/16/32), each passed through its own LayerNorm: the encoder returns the
 stage outputs *before* any norm, and a fresh per-stage norm is the usual Swin detection recipe.
 `build_green_swin_fpn` / `build_green_swin_fpn_backbone` put detectron2's FPN on top (p2..p6).
 
 The module takes plain constructor arguments, so LazyConfig files build it with
-`L(GreenSwinBackbone)(arch="swin_tiny", ...)`; the yacs adapter `build_green_swin_fpn_backbone`
+`L(GreenBackbone)(arch="swin_tiny", ...)`; the yacs adapter `build_green_swin_fpn_backbone`
 is the only place that reads a CfgNode (keys added by `add_green_swin_config`).
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 import greenmim
 
 __all__ = [
+    "GreenBackbone",
     "GreenSwinBackbone",
     "build_green_swin_fpn",
     "build_green_swin_backbone",
@@ -37,7 +38,7 @@ __all__ = [
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
 
-class GreenSwinBackbone(Backbone):
+class GreenBackbone(Backbone):
     """The dense path of a Green Swin encoder as a detectron2 Backbone.
 
     Input: images [B, 3, H, W] with H, W multiples of 32 (``size_divisibility``; detectron2's
@@ -169,7 +170,7 @@ class GreenSwinBackbone(Backbone):
         """x: [B, 3, H, W] -> {name: [B, C_i, H / s_i, W / s_i]}."""
         if x.dim() != 4 or x.shape[-2] % 32 or x.shape[-1] % 32:
             raise ValueError(
-                f"GreenSwinBackbone expects [B, 3, H, W] with H, W multiples of 32, got {tuple(x.shape)}"
+                f"GreenBackbone expects [B, 3, H, W] with H, W multiples of 32, got {tuple(x.shape)}"
             )
         stages = self.encoder(x)
         outputs = {}
@@ -187,6 +188,9 @@ class GreenSwinBackbone(Backbone):
         return {"encoder." + n for n in names}
 
 
+GreenSwinBackbone = GreenBackbone  # the name before it also wrapped Twins; kept for old configs
+
+
 def build_green_swin_fpn(
     arch: str = "swin_tiny",
     *,
@@ -195,9 +199,9 @@ def build_green_swin_fpn(
     fuse_type: str = "sum",
     **backbone_kwargs,
 ) -> FPN:
-    """GreenSwinBackbone (res2..res5) + FPN (p2..p5) + max-pool p6, as in Mask R-CNN FPN."""
+    """GreenBackbone (res2..res5) + FPN (p2..p5) + max-pool p6, as in Mask R-CNN FPN."""
     backbone_kwargs.setdefault("out_features", STAGE_NAMES)
-    bottom_up = GreenSwinBackbone(arch, **backbone_kwargs)
+    bottom_up = GreenBackbone(arch, **backbone_kwargs)
     return FPN(
         bottom_up=bottom_up,
         in_features=list(bottom_up._out_features),
@@ -213,7 +217,7 @@ def build_green_swin_fpn(
 
 
 def add_green_swin_config(cfg: CfgNode) -> CfgNode:
-    """Adds MODEL.GREEN_SWIN.* (the GreenSwinBackbone arguments) to a yacs config, in place."""
+    """Adds MODEL.GREEN_SWIN.* (the GreenBackbone arguments) to a yacs config, in place."""
     cfg.MODEL.GREEN_SWIN = CfgNode()
     cfg.MODEL.GREEN_SWIN.ARCH = "swin_tiny"
     cfg.MODEL.GREEN_SWIN.OUT_FEATURES = list(STAGE_NAMES)
@@ -251,19 +255,19 @@ def _check_input_shape(input_shape: Optional[ShapeSpec]) -> None:
 
 
 @BACKBONE_REGISTRY.register()
-def build_green_swin_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> GreenSwinBackbone:
+def build_green_swin_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> GreenBackbone:
     """yacs: the bare backbone (res2..res5), e.g. for RetinaNet-style heads with their own neck."""
     _check_input_shape(input_shape)
     kwargs = _backbone_kwargs_from_cfg(cfg)
-    return GreenSwinBackbone(kwargs.pop("arch"), **kwargs)
+    return GreenBackbone(kwargs.pop("arch"), **kwargs)
 
 
 @BACKBONE_REGISTRY.register()
 def build_green_swin_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
-    """yacs: GreenSwinBackbone + FPN; reads MODEL.GREEN_SWIN.* and MODEL.FPN.*."""
+    """yacs: GreenBackbone + FPN; reads MODEL.GREEN_SWIN.* and MODEL.FPN.*."""
     _check_input_shape(input_shape)
     kwargs = _backbone_kwargs_from_cfg(cfg)
-    bottom_up = GreenSwinBackbone(kwargs.pop("arch"), **kwargs)
+    bottom_up = GreenBackbone(kwargs.pop("arch"), **kwargs)
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,

@@ -51,13 +51,13 @@ def load_checkpoint_file(path: str, *, trust_pickle: bool = False) -> Any:
 
 
 def find_green_encoder(model: nn.Module) -> Tuple[str, nn.Module]:
-    """(state-dict prefix, module) of the encoder inside the model's GreenSwinBackbone."""
-    from .backbone import GreenSwinBackbone
+    """(state-dict prefix, module) of the encoder inside the model's GreenBackbone."""
+    from .backbone import GreenBackbone
 
     for name, module in model.named_modules():
-        if isinstance(module, GreenSwinBackbone):
+        if isinstance(module, GreenBackbone):
             return (name + "." if name else "") + "encoder.", module.encoder
-    raise CheckpointError("the model has no GreenSwinBackbone to load encoder weights into")
+    raise CheckpointError("the model has no GreenBackbone to load encoder weights into")
 
 
 def _encoder_only(sd: Mapping[str, Any], prefix: Optional[str]) -> bool:

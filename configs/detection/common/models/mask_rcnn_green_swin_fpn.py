@@ -19,11 +19,11 @@ from detectron2.modeling.roi_heads import (
     StandardROIHeads,
 )
 
-from greenmim_det.backbone import GreenSwinBackbone
+from greenmim_det.backbone import GreenBackbone
 
 model = L(GeneralizedRCNN)(
     backbone=L(FPN)(
-        bottom_up=L(GreenSwinBackbone)(
+        bottom_up=L(GreenBackbone)(
             arch="swin_tiny",
             out_features=["res2", "res3", "res4", "res5"],
             frozen_stages=-1,
