@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from . import dist as gdist
+from ..models.encoder_input import map_tensors
 
 
 def _tensors(obj) -> List[torch.Tensor]:
@@ -69,7 +70,7 @@ class GraphedStep:
         return loss.detach()
 
     def _record(self, inputs) -> _Recorded:
-        static_inputs = _clone_tree(inputs)
+        static_inputs = map_tensors(inputs, torch.clone)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph (allocator, cuBLAS workspaces)
@@ -105,20 +106,6 @@ class GraphedStep:
         if gdist.get_world_size() > 1:
             _average_gradients(rec.grads)
         return rec.loss
-
-
-def _clone_tree(obj):
-    """A deep copy of images / mask / plans with every tensor cloned (the graph's input buffers)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: _clone_tree(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone_tree(o) for o in obj)
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.replace(obj, **{f.name: _clone_tree(getattr(obj, f.name))
-                                           for f in dataclasses.fields(obj)})
-    return obj
 
 
 def _average_gradients(grads: List[torch.Tensor]) -> None:

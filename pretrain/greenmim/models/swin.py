@@ -21,7 +21,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 
 from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, upsample_mask
 from .swin_blocks import PatchMerging, SwinBlock
-from .encoder_input import MaskedImageInput
+from .encoder_input import MaskedImageInput, plans_to  # noqa: F401  (plans_to: public here too)
 from .token_layout import gather_tokens, merge_index, stage_layouts
 from .ragged_plan import RaggedPlan
 from .static_shapes import static_shapes_for
@@ -87,20 +87,6 @@ class SparsePlanner:
                        if shift else regular)
             attention.append((regular, shifted))
         return attention
-
-
-def plans_to(plans: dict, device: torch.device) -> dict:
-    """The plans of SparsePlanner with every tensor moved to `device` (non-blocking)."""
-    def move(obj):
-        if isinstance(obj, torch.Tensor):
-            return obj.to(device, non_blocking=True)
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(move(o) for o in obj)
-        if dataclasses.is_dataclass(obj):
-            return dataclasses.replace(obj, **{f.name: move(getattr(obj, f.name))
-                                               for f in dataclasses.fields(obj)})
-        return obj
-    return {k: move(v) for k, v in plans.items()}
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -290,15 +276,8 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
 
     def _forward_sparse(self, images: torch.Tensor, mask: torch.Tensor,
                         plans: Optional[dict] = None) -> List[torch.Tensor]:
-        if plans is None:
-            mask = mask.cpu()  # plans are made on the host, once per step
-            plan_mask = mask[:1] if bool((mask == mask[:1]).all()) else mask
-            plans = self.plan_sparse(plan_mask, device=images.device)
-        elif plans["embed_index"].device != images.device:
-            plans = plans_to(plans, images.device)
+        plans = self._sparse_plans(images, mask, plans)
         p = plans["plan_samples"]
-        if p not in (1, images.shape[0]):
-            raise ValueError(f"plans were made for {p} masks; this batch has {images.shape[0]} samples")
         b = images.shape[0]
         # Tokens travel as one [B*N, C] matrix: every linear layer is then a single addmm, with no
         # reshapes around it (about 480 fewer ops per Swin-B forward + backward).

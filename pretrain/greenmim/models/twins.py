@@ -227,13 +227,8 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
 
     def _forward_sparse(self, images: torch.Tensor, mask: torch.Tensor,
                         plans: Optional[dict] = None) -> List[torch.Tensor]:
-        if plans is None:
-            mask = mask.cpu()  # plans are made on the host, once per step
-            plan_mask = mask[:1] if bool((mask == mask[:1]).all()) else mask
-            plans = self.plan_sparse(plan_mask, device=images.device)
+        plans = self._sparse_plans(images, mask, plans)
         p = plans["plan_samples"]
-        if p not in (1, images.shape[0]):
-            raise ValueError(f"plans were made for {p} masks; this batch has {images.shape[0]} samples")
         embed0 = self.patch_embeds[0]
         x = embed0.norm(embed_visible_patches(images, embed0.proj, plans["embed_index"], p))
         outs = []

@@ -12,13 +12,13 @@ device once; blocks never synchronise with the host.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from .encoder_input import map_tensors
 from .grouping import Grouping, pack_min_groups, plan_grouping
 
 
@@ -261,9 +261,7 @@ class GroupPlan:
     def pin_memory(self) -> "GroupPlan":
         """A copy in pinned host memory (DataLoader's pin_memory calls this), so the copy to the
         device can overlap compute."""
-        return dataclasses.replace(self, **{f.name: getattr(self, f.name).pin_memory()
-                                            for f in dataclasses.fields(self)
-                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+        return map_tensors(self, torch.Tensor.pin_memory)
 
     @property
     def rel_index(self) -> torch.Tensor:
