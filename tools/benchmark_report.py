@@ -98,7 +98,7 @@ def markdown(res: Dict) -> str:
                 f"training step it feeds: {_f(ld.get('step_img_per_s'), '{:.1f}')} img/s "
                 f"({ld.get('verdict', '')}).", ""]
     if res.get("targets"):
-        out += ["## Targets (issue #8)", ""]
+        out += ["## Targets", ""]
         out += _table(["target", "measured", "met"],
                       [[t["name"], t["measured"], "yes" if t["met"] else "**no**"] for t in res["targets"]])
         out += [""]

@@ -32,7 +32,7 @@ def build_encoder(arch: str, **overrides):
     return _BUILDERS[arch](**{**_DEFAULTS[arch], **overrides})
 
 
-# Twins-SVT (issue #7): registered here so `build_encoder("twins_svt_base")` works like the Swin names.
+# Twins-SVT: registered here so `build_encoder("twins_svt_base")` works like the Swin names.
 from .twins import TWINS_ARCHS, GreenTwinsSVT  # noqa: E402  (after register_encoder exists)
 
 for _name, _defaults in TWINS_ARCHS.items():

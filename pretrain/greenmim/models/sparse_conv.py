@@ -1,6 +1,6 @@
 """Convolutions on the visible tokens of a stage: two interchangeable backends, spconv and PyTorch.
 
-Green Twins-SVT runs three kinds of convolution on sparse tokens (ALGORITHM.md section 5):
+Green Twins-SVT runs three kinds of convolution on sparse tokens (docs/design.md, "Twins-SVT"):
 
 - strided convs with kernel = stride (patch embedding between stages, k = 2; GSA's key/value
   sub-sampling, k = sr). The mask unit is aligned with every such kernel, so each output site's

@@ -12,7 +12,7 @@ it unchanged.
 A stage (Chu et al., "Twins", 2021) is: patch embedding (conv, kernel = stride = 4 for the first
 stage, 2 after; LayerNorm), block 0, PEG, blocks 1..; blocks alternate LSA (window attention,
 window 7, no shift; even blocks) and GSA (attention to a map sub-sampled by a conv of kernel =
-stride = sr, 8/4/2/1; odd blocks). Sparse path (ALGORITHM.md section 5): LSA packs the visible
+stride = sr, 8/4/2/1; odd blocks). Sparse path (docs/design.md): LSA packs the visible
 tokens of each window with the same Group Window Attention planner as Swin; sr and the 32 px unit
 align, so GSA's keys/values are exactly those of the visible units; the strided convs and the PEG
 run on visible tokens through sparse_conv (spconv or PyTorch).
