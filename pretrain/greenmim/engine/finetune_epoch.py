@@ -18,7 +18,7 @@ from . import dist as gdist
 from . import faults
 from .logger import TrainLogger
 from .optim import set_lr
-from .train import StepConfig, TrainingError, TrainState, step_seed
+from .train import StepConfig, TrainingError, TrainState, apply_update, step_seed
 
 
 @dataclass
@@ -90,12 +90,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
             logger.end_epoch()
             _check_finite(loss_value, grad_norm, state)
-        if sc.clip_grad:
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), sc.clip_grad))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = apply_update(model, optimizer, scaler, sc.clip_grad, grad_norm)
         state.step += 1
         state.epoch_step += 1
         state.loss_sum += loss_value

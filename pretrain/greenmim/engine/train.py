@@ -67,6 +67,19 @@ def draw_masks(generator: MaskGenerator, micro_batch: int, world_size: int, rank
     return generator(micro_batch * world_size)[rank * micro_batch:(rank + 1) * micro_batch]
 
 
+def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 clip_grad: Optional[float], grad_norm: Optional[float]) -> Optional[float]:
+    """Clip (optionally), step through the GradScaler, free the gradients. Returns the gradient
+    norm to log: the pre-clip norm from clip_grad_norm_ when clipping, else `grad_norm`."""
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, mask_generator: Optional[MaskGenerator], state: TrainState,
                     sc: StepConfig, device: torch.device, logger: TrainLogger,
@@ -144,13 +157,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                 f"a finite loss {loss_value:.4g}; training stopped before applying it, the last "
                 f"checkpoint is left intact — lower train.blr, set train.clip_grad or use "
                 f"train.amp=bf16, then resume")
-        grad_norm = raw_norm if check_grads else None
-        if sc.clip_grad:
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), sc.clip_grad))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = apply_update(model, optimizer, scaler, sc.clip_grad, raw_norm if check_grads else None)
         state.step += 1
         state.epoch_step += 1
 
