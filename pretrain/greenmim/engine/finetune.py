@@ -32,7 +32,7 @@ from .finetune_epoch import FinetuneState, evaluate, train_one_epoch
 from .finetune_init import init_classifier, load_finetuned
 from .layer_decay import layer_decay_param_groups
 from .logger import TrainLogger
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer
 from .pretrain import AMP_DTYPES, _check_resumable, _first_error_line, _resume_path, batch_layout, run_guarded
 from .run_lock import hold_output_dir
 from .train import StepConfig
@@ -230,11 +230,7 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo, eval_only: bool, checkpoint:
             if every_steps and s.step % every_steps == 0:
                 save(os.path.join(out_dir, ckpt.LAST))
 
-        warmup = int(round(t["warmup_epochs"] * steps_per_epoch))
-        sc = StepConfig(micro_batch=micro, accum_iter=t["accum_iter"], total_steps=total_steps,
-                        lr_fn=lambda s: lr_at(s, total_steps, warmup, lr, t["min_lr"]),
-                        amp_dtype=amp_dtype, clip_grad=t["clip_grad"], max_steps=t["max_steps"],
-                        log_every=max(1, int(cfg["log"]["every_steps"])), seed=cfg["seed"])
+        sc = StepConfig.from_config(cfg, micro, steps_per_epoch, lr, amp_dtype)
         last: Dict[str, Any] = {}
         while state.epoch < t["epochs"] and not (t["max_steps"] is not None and state.step >= t["max_steps"]):
             finished = train_one_epoch(model, loader, optimizer, scaler, criterion, state, sc, device, logger,

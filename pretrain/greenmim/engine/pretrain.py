@@ -29,7 +29,7 @@ from .build import build_model
 from .data import build_dataset, build_loader, skipped_images
 from .logger import TrainLogger
 from .mask_collate import MaskCollator, encoder_planner
-from .optim import build_optimizer, lr_at, scaled_lr
+from .optim import build_optimizer, scaled_lr
 from .run_lock import hold_output_dir
 from .train import StepConfig, TrainState, train_one_epoch
 from .visualize import save_reconstruction
@@ -168,12 +168,7 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
             if every_steps and s.step % every_steps == 0:
                 save(os.path.join(out_dir, ckpt.LAST))
 
-        warmup = int(round(t["warmup_epochs"] * steps_per_epoch))
-        sc = StepConfig(micro_batch=micro, accum_iter=t["accum_iter"], total_steps=total_steps,
-                        lr_fn=lambda s: lr_at(s, total_steps, warmup, lr, t["min_lr"]),
-                        amp_dtype=amp_dtype, clip_grad=t["clip_grad"], max_steps=t["max_steps"],
-                        log_every=max(1, int(cfg["log"]["every_steps"])), seed=cfg["seed"],
-                        forward_backward=graphed)
+        sc = StepConfig.from_config(cfg, micro, steps_per_epoch, lr, amp_dtype, forward_backward=graphed)
         vis = None
         while state.epoch < t["epochs"] and not (t["max_steps"] is not None and state.step >= t["max_steps"]):
             finished = train_one_epoch(model, loader, optimizer, scaler, mask_gen, state, sc, device,

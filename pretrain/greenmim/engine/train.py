@@ -50,6 +50,20 @@ class StepConfig:
     # None: forward under autocast + backward here
     forward_backward: Optional[Callable] = None
 
+    @classmethod
+    def from_config(cls, cfg: dict, micro_batch: int, steps_per_epoch: int, lr: float,
+                    amp_dtype: Optional[torch.dtype], **extra) -> "StepConfig":
+        """The step settings of a pretraining or fine-tuning config (its `train` and `log`
+        sections): warm-up + cosine lr over train.epochs, accumulation, clipping, max_steps."""
+        from .optim import lr_at
+        t = cfg["train"]
+        total = steps_per_epoch * t["epochs"]
+        warmup = int(round(t["warmup_epochs"] * steps_per_epoch))
+        return cls(micro_batch=micro_batch, accum_iter=t["accum_iter"], total_steps=total,
+                   lr_fn=lambda s: lr_at(s, total, warmup, lr, t["min_lr"]), amp_dtype=amp_dtype,
+                   clip_grad=t["clip_grad"], max_steps=t["max_steps"],
+                   log_every=max(1, int(cfg["log"]["every_steps"])), seed=cfg["seed"], **extra)
+
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed of torch's global RNG for one optimiser step of one process: drop-path and any other
