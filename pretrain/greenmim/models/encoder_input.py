@@ -5,6 +5,8 @@ import dataclasses
 from typing import Callable, Optional, Tuple
 
 import torch
+from timm.layers import trunc_normal_
+from torch import nn
 
 from ..data.masking import MASK_UNIT, upsample_mask
 
@@ -27,6 +29,17 @@ def map_tensors(obj, fn: Callable[[torch.Tensor], torch.Tensor]):
 def plans_to(plans: dict, device: torch.device) -> dict:
     """Plans with every tensor moved to `device` (non-blocking)."""
     return map_tensors(plans, lambda t: t.to(device, non_blocking=True))
+
+
+def init_transformer_weights(m: nn.Module) -> None:
+    """Swin's / Twins' initialisation of linears (truncated normal, std 0.02) and LayerNorms."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
 
 
 class MaskedImageInput:

@@ -17,11 +17,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from timm.layers import PatchEmbed, trunc_normal_
+from timm.layers import PatchEmbed
 
 from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, upsample_mask
 from .swin_blocks import PatchMerging, SwinBlock
-from .encoder_input import MaskedImageInput, plans_to  # noqa: F401  (plans_to: public here too)
+from .encoder_input import MaskedImageInput, init_transformer_weights, plans_to  # noqa: F401  (plans_to: public here too)
 from .token_layout import gather_tokens, merge_index, stage_layouts
 from .ragged_plan import RaggedPlan
 from .static_shapes import static_shapes_for
@@ -192,15 +192,7 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
         self.norm = nn.LayerNorm(self.num_features[-1])  # Swin's final norm; used by MIM decoders
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    _init_weights = staticmethod(init_transformer_weights)
 
     # ---- timm-style model surface -------------------------------------------------------------
     def no_weight_decay_keywords(self) -> set:

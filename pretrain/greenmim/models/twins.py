@@ -27,13 +27,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.utils.checkpoint as cp
 from torch import nn
-from timm.layers import trunc_normal_
 
 from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, upsample_mask
 from .ragged_plan import RaggedPlan
 from .sparse_conv import (SPARSE_CONV_BACKENDS, SparseSites, StridedConvPlan, embed_visible_patches,
                           recompute_in_backward, strided_conv)
-from .encoder_input import MaskedImageInput
+from .encoder_input import MaskedImageInput, init_transformer_weights
 from .token_layout import stage_layouts
 from .twins_blocks import BlockNorm, PosConv, TwinsBlock, TwinsPatchEmbed
 from .twins_plans import DenseStage, SparseStage, dense_kv_mask
@@ -125,15 +124,9 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        # Twins' initialisation: truncated normal linears, He-style (fan-out) convolutions.
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
+        # Twins' initialisation: Swin's for linears and norms, He-style (fan-out) convolutions.
+        init_transformer_weights(m)
+        if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
             nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
             if m.bias is not None:
