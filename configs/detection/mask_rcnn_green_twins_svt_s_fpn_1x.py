@@ -2,14 +2,14 @@
 1x schedule (90k iterations at batch 16), single-scale training (short side 800).
 
 The Swin configs' fine-tuning recipe: AdamW (lr 1e-4, weight decay 0.05), layer-wise lr decay 0.9
-(common/optim_twins.py), drop path 0.2, LSA window 7, AMP on GPU. The backbone is the same
+(common/optim.py), drop path 0.2, LSA window 7, AMP on GPU. The backbone is the same
 GreenBackbone wrapper as for Swin (any greenmim encoder), here around twins_svt_small.
 Set train.init_checkpoint to a pretraining checkpoint or its encoder export.
 """
 from .common.data.coco import dataloader
 from .common.data.coco import single_scale_train_augmentations as _train_augmentations
 from .common.models.mask_rcnn_green_swin_fpn import model
-from .common.optim_twins import optimizer
+from .common.optim import optimizer
 from .common.schedule import lr_multiplier_1x as lr_multiplier
 from .common.schedule import max_iter_1x as _max_iter
 from .common.train import train

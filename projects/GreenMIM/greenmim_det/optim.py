@@ -1,13 +1,14 @@
-"""Swin layer-wise learning-rate decay and weight-decay exclusions for AdamW.
+"""Layer-wise learning-rate decay and weight-decay exclusions for AdamW, for every greenmim
+encoder (Swin and Twins-SVT): the layer ids come from the encoder's own `layer_id(name)`.
 
-Layer ids run across stages: the patch embedding is 0, block j of stage i is
+For Swin, layer ids run across stages: the patch embedding is 0, block j of stage i is
 ``sum(depths[:i]) + j + 1``, the patch merging after stage i shares the id of that stage's last
 block, and the last block has id ``sum(depths)``. A parameter with id ``l`` gets
 ``lr = base_lr * layer_decay ** (sum(depths) + 1 - l)``; everything outside the encoder (output
 norms, FPN, heads) has id ``sum(depths) + 1`` and the full ``base_lr``.
 
 Weight decay is 0 for norms, biases (any parameter with fewer than 2 dims), relative position
-bias tables and whatever the encoder's ``no_weight_decay()`` names.
+bias tables and whatever the encoder's ``no_weight_decay()`` names (Twins: its PEG weights).
 
 `get_swin_layer_decay_param_groups` plays the role of detectron2's
 `get_default_optimizer_params` (whose ``lr_factor_func`` argument does not exist in v0.6):
@@ -28,6 +29,7 @@ from torch import nn
 from greenmim.engine.layer_decay import layer_scales
 
 __all__ = [
+    "get_encoder_layer_decay_param_groups",
     "swin_layer_id",
     "swin_lr_decay_factors",
     "get_swin_layer_decay_param_groups",
@@ -61,10 +63,11 @@ def swin_lr_decay_factors(depths: Sequence[int], layer_decay: float) -> List[flo
 
 
 def _find_encoder(model: nn.Module) -> Tuple[str, Optional[nn.Module]]:
-    """(prefix, encoder) of the first GreenSwinBackbone in the model, ("", None) if there is none."""
+    """(prefix, encoder) of the first greenmim encoder (Swin or Twins: it numbers its own layers)
+    inside the model, ("", None) if there is none."""
     for name, module in model.named_modules():
         encoder = getattr(module, "encoder", None)
-        if encoder is not None and hasattr(encoder, "depths") and hasattr(encoder, "patch_embed"):
+        if encoder is not None and hasattr(encoder, "layer_id"):
             return (name + "." if name else "") + "encoder.", encoder
     return "", None
 
@@ -93,7 +96,7 @@ def get_swin_layer_decay_param_groups(
     # the lr factors come from the encoder's own layer ids (greenmim's one layer-decay rule)
     scales = layer_scales(model, layer_decay)  # raises ValueError outside (0, 1]
     prefix, encoder = _find_encoder(model)
-    if encoder is None and hasattr(model, "depths") and hasattr(model, "patch_embed"):
+    if encoder is None and hasattr(model, "layer_id"):
         prefix, encoder = "", model
     no_decay = set()
     if encoder is not None and hasattr(encoder, "no_weight_decay"):
@@ -118,3 +121,7 @@ def get_swin_layer_decay_param_groups(
         {"params": params, "lr": lr, "weight_decay": wd}
         for (lr, wd), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1]))
     ]
+
+
+# The name Twins configs used when Twins had a copy of this function.
+get_encoder_layer_decay_param_groups = get_swin_layer_decay_param_groups
