@@ -201,6 +201,12 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
     def no_weight_decay(self) -> set:
         return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
 
+    def frozen_modules(self, frozen_stages: int) -> List[nn.Module]:
+        """Modules to freeze for detection: 0 = the patch embedding, k >= 1 also stages 0..k-1
+        (each with the patch merging that leaves it, the mmdet / Swin convention)."""
+        modules: List[nn.Module] = [self.patch_embed] if frozen_stages >= 0 else []
+        return modules + [self.layers[i] for i in range(max(frozen_stages, 0))]
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.layers:
             stage.grad_checkpointing = enable

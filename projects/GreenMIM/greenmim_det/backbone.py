@@ -121,22 +121,10 @@ class GreenBackbone(Backbone):
 
     # ------------------------------------------------------------------ freezing
     def _frozen_modules(self) -> List[nn.Module]:
-        if hasattr(self.encoder, "frozen_modules"):  # encoders with their own stage layout (Twins)
-            modules = list(self.encoder.frozen_modules(self.frozen_stages))
-            return modules + [self.out_norms[STAGE_NAMES[i]] for i in range(max(self.frozen_stages, 0))
-                              if STAGE_NAMES[i] in self.out_norms]
-        modules: List[nn.Module] = []
-        if self.frozen_stages >= 0:
-            modules.append(self.encoder.patch_embed)
-        for i in range(max(self.frozen_stages, 0)):
-            layer = self.encoder.layers[i]
-            # the patch merging of stage i feeds stage i+1; it is frozen with stage i like the
-            # blocks before it (mmdet/Swin convention: a "stage" = blocks + its downsample)
-            modules.append(layer)
-            name = STAGE_NAMES[i]
-            if name in self.out_norms:
-                modules.append(self.out_norms[name])
-        return modules
+        """What the encoder says to freeze for frozen_stages, plus the out norms of those stages."""
+        modules = list(self.encoder.frozen_modules(self.frozen_stages))
+        return modules + [self.out_norms[STAGE_NAMES[i]] for i in range(max(self.frozen_stages, 0))
+                          if STAGE_NAMES[i] in self.out_norms]
 
     def _freeze_stages(self) -> None:
         for module in self._frozen_modules():
