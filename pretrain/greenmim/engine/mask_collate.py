@@ -44,14 +44,16 @@ class MaskCollator:
         img_size, ratio, shared: as MaskGenerator.
         seed: the run's seed.
         planner: picklable callable unit_mask [P, Hu, Wu] -> plans (the encoder's `planner()`),
-            or None: plans are then {"plan_samples": P} (the mask was validated here, so the
-            model need not look at its values).
+            or None: plans are then {"plan_samples": P} (a dense model: the mask was validated
+            here, so the model need not look at its values), or None with plan_in_model (an
+            encoder that plans in its own forward, e.g. Twins).
     """
 
     def __init__(self, img_size, ratio: float, shared: bool, seed: int,
-                 planner: Optional[Callable[[torch.Tensor], dict]] = None):
+                 planner: Optional[Callable[[torch.Tensor], dict]] = None, plan_in_model: bool = False):
         self.generator = MaskGenerator(img_size, ratio, shared, seed=0)
         self.seed, self.shared, self.planner = int(seed), bool(shared), planner
+        self.plan_in_model = bool(plan_in_model)
 
     def masks(self, keys: Sequence[Tuple[int, int]]) -> torch.Tensor:
         """bool [len(keys), Hu, Wu], True = masked."""
@@ -71,17 +73,18 @@ class MaskCollator:
         images = torch.stack([img for _, img in items])
         mask = self.masks(keys)
         plan_mask = mask[:1] if self.shared else mask
-        if self.planner is None:
-            plans = {"plan_samples": plan_mask.shape[0]}
-        else:
+        if self.planner is not None:
             plans = self.planner(plan_mask)
+        else:
+            plans = None if self.plan_in_model else {"plan_samples": plan_mask.shape[0]}
         return images, mask, plans
 
 
-def encoder_planner(model: torch.nn.Module) -> Optional[Callable[[torch.Tensor], dict]]:
-    """The picklable planner of a green model's encoder; None for dense models and encoders that
-    plan in their forward (Twins: its sparse convolutions are planned on the device)."""
+def collator_for(model: torch.nn.Module, img_size, ratio: float, shared: bool, seed: int) -> MaskCollator:
+    """The MaskCollator of a model: with the picklable planner of a green model's encoder; without
+    one for dense models and for encoders that plan in their forward (Twins plans its sparse
+    convolutions there)."""
     from ..models.mim import GreenMIM
-    if not isinstance(model, GreenMIM) or not hasattr(model.encoder, "planner"):
-        return None
-    return model.encoder.planner()
+    green = isinstance(model, GreenMIM)
+    planner = model.encoder.planner() if green and hasattr(model.encoder, "planner") else None
+    return MaskCollator(img_size, ratio, shared, seed, planner, plan_in_model=green and planner is None)

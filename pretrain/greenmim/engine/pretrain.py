@@ -28,7 +28,7 @@ from . import dist as gdist
 from .build import build_model
 from .data import build_dataset, build_loader, skipped_images
 from .logger import TrainLogger
-from .mask_collate import MaskCollator, encoder_planner
+from .mask_collate import collator_for
 from .optim import build_optimizer, scaled_lr
 from .run_lock import hold_output_dir
 from .train import StepConfig, TrainState, train_one_epoch
@@ -88,8 +88,8 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
     model = build_model(cfg).to(device)
     # Masks (and the green encoder's plans) come from the loader's workers; the engine's own
     # generator is the fallback when mask.in_workers is off.
-    collate = (MaskCollator(cfg["data"]["img_size"], cfg["mask"]["ratio"], cfg["mask"]["shared"],
-                            cfg["seed"], encoder_planner(model)) if cfg["mask"]["in_workers"] else None)
+    collate = (collator_for(model, cfg["data"]["img_size"], cfg["mask"]["ratio"], cfg["mask"]["shared"],
+                            cfg["seed"]) if cfg["mask"]["in_workers"] else None)
     loader = build_loader(dataset, micro, world, rank, t["accum_iter"], cfg["seed"],
                           cfg["data"]["num_workers"], cfg["data"]["pin_memory"] and device.type == "cuda",
                           collate=collate)

@@ -131,7 +131,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             step_loss.zero_()
         if isinstance(images, (tuple, list)):  # (images, mask, plans) made by the loader's workers
             images, mask, plans = images
-            plans = plans_to(plans, device)
+            plans = None if plans is None else plans_to(plans, device)
         else:  # masks stay on the CPU: the green encoder plans on the host
             mask, plans = draw_masks(mask_generator, images.shape[0], world, rank), None
         images = images.to(device, non_blocking=True)
