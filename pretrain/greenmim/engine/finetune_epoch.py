@@ -15,10 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import dist as gdist
-from . import faults
 from .logger import TrainLogger
 from .optim import set_lr
-from .train import StepConfig, TrainingError, TrainState, apply_update, step_seed
+from .train import StepConfig, TrainingError, TrainState, apply_update, end_of_step, step_seed
 
 
 @dataclass
@@ -106,11 +105,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                         "epoch": state.epoch + state.epoch_step / sampler.steps_per_epoch,
                         "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                         "img_per_s": imgs_per_step / max(dt, 1e-9)}, state.step)
-        if on_step is not None:
-            on_step(state)
-        faults.maybe_fail_step()  # inert unless GREENMIM_FAULT asks for a crash here (tests)
-        if sc.max_steps is not None and state.step >= sc.max_steps:
-            logger.end_epoch()
+        if end_of_step(state, sc, logger, on_step):
             return False
     logger.end_epoch()
     return True

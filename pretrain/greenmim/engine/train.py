@@ -94,6 +94,18 @@ def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
     return grad_norm
 
 
+def end_of_step(state, sc: StepConfig, logger: TrainLogger, on_step: Optional[Callable] = None) -> bool:
+    """After an optimiser step: the step hook (periodic checkpoints), the fault-injection point,
+    and whether sc.max_steps is reached (then the epoch's progress bar is closed)."""
+    if on_step is not None:
+        on_step(state)
+    faults.maybe_fail_step()  # inert unless GREENMIM_FAULT asks for a crash here (tests)
+    if sc.max_steps is not None and state.step >= sc.max_steps:
+        logger.end_epoch()
+        return True
+    return False
+
+
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, mask_generator: Optional[MaskGenerator], state: TrainState,
                     sc: StepConfig, device: torch.device, logger: TrainLogger,
@@ -191,11 +203,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             if scaler.is_enabled():
                 record["loss_scale"] = float(scaler.get_scale())
             logger.log(record, state.step)
-        if on_step is not None:
-            on_step(state)
-        faults.maybe_fail_step()  # inert unless GREENMIM_FAULT asks for a crash here (tests)
-        if sc.max_steps is not None and state.step >= sc.max_steps:
-            logger.end_epoch()
+        if end_of_step(state, sc, logger, on_step):
             return False
     logger.end_epoch()
     return True
