@@ -1,4 +1,4 @@
-"""tools/benchmark.py end to end on a toy grid: RESULTS.md with every section, the PNG, the JSON."""
+"""tools/benchmarks/suite.py end to end on a toy grid: RESULTS.md with every section, the PNG, the JSON."""
 import json
 import os
 import sys
@@ -7,16 +7,16 @@ import torch
 import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
+sys.path.insert(0, os.path.join(REPO, "tools", "benchmarks"))  # the suite imports its neighbours by name
 
-import benchmark  # noqa: E402
-from benchmark_flops import gmac_per_image  # noqa: E402
+import suite  # noqa: E402
+from flops import gmac_per_image  # noqa: E402
 
 TINY = '{"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}'
 
 
 def test_suite_writes_results(tmp_path):
-    res = benchmark.main([
+    res = suite.main([
         "--archs", "swin_tiny", "--img-sizes", "64", "--mask-ratios", "0.5", "--batch-size", "2",
         "--iters", "1", "--warmup", "0", "--threads", "1", "--encoder-kwargs", TINY,
         "--decoder-dim", "16", "--no-memory", "--plan-batch", "4", "--loader-workers", "0", "--loader-images", "8",
@@ -33,7 +33,7 @@ def test_suite_writes_results(tmp_path):
         assert case["efficiency"] == case["speedup"] / case["flop_ratio"]
     assert len(res["planning"]) == 3 and all(len(p["padding"]) == 4 for p in res["planning"])
     # --render rewrites the report from the JSON without measuring
-    benchmark.main(["--render", str(tmp_path / "results.json"), "--out", str(tmp_path / "again")])
+    suite.main(["--render", str(tmp_path / "results.json"), "--out", str(tmp_path / "again")])
     assert (tmp_path / "again" / "RESULTS.md").read_text() == text
 
 

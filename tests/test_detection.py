@@ -55,7 +55,8 @@ SIDE = 64  # train/test resize (short side and max size)
 
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"_greenmim_tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+    path = os.path.join(REPO, "tools", f"{name}.py")  # name: "train_net", "benchmarks/detection", ...
+    spec = importlib.util.spec_from_file_location(f"_greenmim_tool_{name.replace('/', '_')}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -318,7 +319,7 @@ def test_wrong_architecture_is_one_clear_error(coco, tmp_path):
 
 
 def test_benchmark_timm_twin_computes_the_same_features():
-    bench = _load_tool("benchmark_detection")
+    bench = _load_tool("benchmarks/detection")
     green = GreenSwinBackbone("swin_tiny", drop_path_rate=0.0, embed_dim=16, depths=[1, 2, 1, 1],
                               num_heads=[1, 1, 2, 2]).eval()
     twin = bench.TimmSwinBottomUp(green, "swin_tiny_patch4_window7_224", 224).eval()

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_gpu_suite_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    proc = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_suite.sh"), "--device", "cpu", "--tiny",
+    proc = subprocess.run(["bash", os.path.join(ROOT, "tools", "benchmarks", "gpu_suite.sh"), "--device", "cpu", "--tiny",
                            "--iters", "1", "--warmup", "1", "--budget-s", "0"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Mask R-CNN speed with our Green Swin backbone vs the same detector on timm's Swin, same weights.
 
-    python tools/benchmark_detection.py --arch swin_tiny --json out.json
-    python tools/benchmark_detection.py --arch swin_base --size 800 --device cuda --json out.json
+    python tools/benchmarks/detection.py --arch swin_tiny --json out.json
+    python tools/benchmarks/detection.py --arch swin_base --size 800 --device cuda --json out.json
 
 Both detectors come from the same config and seed (identical FPN and heads); the second one's
 bottom-up network is timm's SwinTransformer (always_partition=True, dynamic masks: shifted windows
@@ -17,15 +17,8 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-try:  # a source checkout without `pip install -e .`
-    import greenmim_det  # noqa: F401
-except ImportError:
-    sys.path[:0] = [os.path.join(_ROOT, "pretrain"), os.path.join(_ROOT, "projects", "GreenMIM")]
 
 import torch
 from torch import nn
@@ -37,6 +30,8 @@ from detectron2.modeling.backbone import Backbone
 from detectron2.utils.events import EventStorage
 
 from greenmim_det.data import get_coco_dataset_dicts
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 
 ARCH_CONFIG = {
     "swin_tiny": ("t", "swin_tiny_patch4_window7_224"),
@@ -136,7 +131,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     letter, timm_name = ARCH_CONFIG[args.arch]
-    cfg_path = os.path.join(_ROOT, "configs", "detection", f"mask_rcnn_green_swin_{letter}_fpn_1x.py")
+    cfg_path = os.path.join(REPO, "configs", "detection", f"mask_rcnn_green_swin_{letter}_fpn_1x.py")
     cfg = LazyConfig.apply_overrides(LazyConfig.load(cfg_path), ["model.roi_heads.num_classes=5"])
 
     torch.manual_seed(0)

@@ -2,8 +2,10 @@
 """The GPU benchmark and test suite: GreenMIM against the dense SimMIM step on one accelerator,
 written as gpu_results.json + gpu_results.md (the README's GPU table is made from them).
 
-    python tools/gpu_suite.py --out $OUT                     # H100/H200: Swin-B 224, batch 128, bf16
-    python tools/gpu_suite.py --device cpu --tiny --out /tmp/s   # the same code path in ~1 min on a CPU
+    python tools/benchmarks/gpu_suite.py --out $OUT                    # H100/H200: Swin-B 224, batch 128, bf16
+    python tools/benchmarks/gpu_suite.py --device cpu --tiny --out /tmp/s  # the same code path in ~1 min on a CPU
+
+(gpu_suite.sh beside this file runs it on a bare machine: the package from this checkout, no install.)
 
 Measured, each case with dense and green steps alternated in one process (medians):
   * whole pretraining step (forward, loss, backward, fused AdamW, zero_grad) of GreenMIM vs SimMIM,
@@ -29,20 +31,17 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pretrain"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from gpu_suite_report import write_report
 
-import torch  # noqa: E402
-
-import greenmim  # noqa: E402
-from gpu_suite_report import write_report  # noqa: E402
-from greenmim.data.masking import MaskGenerator  # noqa: E402
-from greenmim.engine.cuda_graph import GraphedStep  # noqa: E402
-from greenmim.engine.optim import build_optimizer  # noqa: E402
-from greenmim.models import window_plans  # noqa: E402
-from greenmim.models.mim import GreenMIM  # noqa: E402
-from greenmim.models.simmim import SimMIM  # noqa: E402
-from greenmim.models.swin import plans_to  # noqa: E402
+import greenmim
+from greenmim.data.masking import MaskGenerator
+from greenmim.engine.cuda_graph import GraphedStep
+from greenmim.engine.optim import build_optimizer
+from greenmim.models import window_plans
+from greenmim.models.mim import GreenMIM
+from greenmim.models.simmim import SimMIM
+from greenmim.models.swin import plans_to
 
 
 def parse_args(argv=None):
@@ -249,7 +248,7 @@ def main(argv=None) -> int:
             results["errors"].append(f"sdpa check: {type(e).__name__}: {e}")
     if not over_budget():
         try:
-            from benchmark_loader import loader_images_per_s
+            from loader import loader_images_per_s
             workers = max(1, min(8, (os.cpu_count() or 2) - 1))
             r = loader_images_per_s(s["img"], 64 if not args.tiny else 4, workers, batches=8 if not args.tiny else 2,
                                     num_images=256 if not args.tiny else 16)

@@ -4,21 +4,21 @@ benchmarks/RESULTS.md (tables) and benchmarks/results.png.
 
 For every (arch, image size, mask ratio) of the grid and every benchmark mode
   - `step`:    a whole pretraining step (forward, loss, backward, AdamW, zero_grad) of GreenMIM
-               against SimMIM (tools/benchmark_pretrain.py),
-  - `encoder`: encoder forward + backward, sparse against dense (tools/benchmark_encoder.py),
+               against SimMIM (step.py),
+  - `encoder`: encoder forward + backward, sparse against dense (encoder.py),
 it reports median seconds per step (dense and green alternated step by step in one process, so
-the ratio holds on a noisy machine), speed-up, step memory and its reduction (tools/step_memory.py),
-forward GMAC per image from fvcore (tools/benchmark_flops.py) and efficiency = speed-up / FLOP
+the ratio holds on a noisy machine), speed-up, step memory and its reduction (memory.py),
+forward GMAC per image from fvcore (flops.py) and efficiency = speed-up / FLOP
 ratio. Then, for the grid's first Swin case: per-sample masks against a shared mask, the host-side
 planning time and the padding inside attention per stage, and the data loader's img/s alone
-against the training step's (tools/benchmark_loader.py).
+against the training step's (loader.py); the modules named sit beside this one.
 
-    python tools/benchmark.py                       # default grid (CPU: ~20 min on 2 quiet cores)
-    python tools/benchmark.py --grid quick          # one Swin-T case, a few minutes
-    python tools/benchmark.py --grid sizes          # Swin-T and Swin-B at 192/224/384, ratio 0.75
-    python tools/benchmark.py --grid full           # 2-3 archs x 192/224/384 x 0.5/0.6/0.75/0.9 (hours on a CPU)
-    python tools/benchmark.py --archs swin_base --img-sizes 224 --mask-ratios 0.75 --modes step
-    python tools/benchmark.py --device cuda --batch-size 128 --compile     # GPU: bf16 AMP by default
+    python tools/benchmarks/suite.py                # default grid (CPU: ~20 min on 2 quiet cores)
+    python tools/benchmarks/suite.py --grid quick   # one Swin-T case, a few minutes
+    python tools/benchmarks/suite.py --grid sizes   # Swin-T and Swin-B at 192/224/384, ratio 0.75
+    python tools/benchmarks/suite.py --grid full    # 2-3 archs x 192/224/384 x 0.5/0.6/0.75/0.9 (hours on a CPU)
+    python tools/benchmarks/suite.py --archs swin_base --img-sizes 224 --mask-ratios 0.75 --modes step
+    python tools/benchmarks/suite.py --device cuda --batch-size 128 --compile  # GPU: bf16 AMP by default
 
 Threads are set explicitly (--threads, default 2 on CPU) and OMP_WAIT_POLICY defaults to PASSIVE
 (see below). The machine, device, precision, threads and load are written into RESULTS.md.
@@ -35,7 +35,6 @@ import sys
 import time
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling benchmark modules
 # OpenMP threads that spin while waiting lose their time slice to other processes on a shared
 # machine, and every small op then waits for a descheduled thread (measured: a toy step 3x slower
 # under load). Passive waiting avoids that; set OMP_WAIT_POLICY=ACTIVE to measure the default.
@@ -46,18 +45,19 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
+import encoder  # noqa: E402  (the modules beside this script)
+import report  # noqa: E402
+import step  # noqa: E402
+from flops import gmac_per_image  # noqa: E402
+from loader import loader_images_per_s  # noqa: E402
+from timing import interleave  # noqa: E402
+
 import greenmim  # noqa: E402
-import benchmark_encoder  # noqa: E402
-import benchmark_pretrain  # noqa: E402
-import benchmark_report  # noqa: E402
-from benchmark_flops import gmac_per_image  # noqa: E402
-from benchmark_loader import loader_images_per_s  # noqa: E402
-from benchmark_timing import interleave  # noqa: E402
 from greenmim.data.masking import MaskGenerator  # noqa: E402
 
 TWINS = "twins_svt_base"
 MODES = ("step", "encoder")
-HEADLINE = ("swin_base", 224, 0.75)  # the issue's target configuration
+HEADLINE = ("swin_base", 224, 0.75)  # the configuration the targets are checked on
 
 GRIDS = {
     # (arch, img_size, mask_ratio) triples; every one runs every mode in --modes
@@ -99,7 +99,7 @@ def parse_args(argv=None):
     p.add_argument("--note", default="", help="free text written under the machine line")
     p.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite RESULTS.md and the PNG "
                    "from a results.json of an earlier run (no measuring), into --out")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
     return p.parse_args(argv)
 
 
@@ -127,10 +127,10 @@ def common_argv(args, arch: str, size: int, ratio: float) -> List[str]:
 # ---- one grid case ------------------------------------------------------------------------------
 
 def run_encoder_case(args, arch, size, ratio) -> dict:
-    eargs = benchmark_encoder.parse_args(common_argv(args, arch, size, ratio) + (["--amp"] if amp_on(args) else []))
+    eargs = encoder.parse_args(common_argv(args, arch, size, ratio) + (["--amp"] if amp_on(args) else []))
     torch.manual_seed(0)
-    enc, images, masks = benchmark_encoder.build(eargs)
-    t = benchmark_encoder.time_both(eargs, enc, images, masks)
+    enc, images, masks = encoder.build(eargs)
+    t = encoder.time_both(eargs, enc, images, masks)
     enc_plain = getattr(enc, "_orig_mod", enc)  # fvcore traces the eager module
     mask1 = masks(1)
     dense_g = gmac_per_image(enc_plain, (images[:1],))
@@ -138,8 +138,8 @@ def run_encoder_case(args, arch, size, ratio) -> dict:
     del enc, images
     row = {"dense_s": t["dense"], "green_s": t["green"], "dense_gmac": dense_g, "green_gmac": green_g}
     if not args.no_memory:
-        row["dense_mb"] = benchmark_encoder.peak_memory_mb(eargs, "dense")
-        row["green_mb"] = benchmark_encoder.peak_memory_mb(eargs, "green")
+        row["dense_mb"] = encoder.peak_memory_mb(eargs, "dense")
+        row["green_mb"] = encoder.peak_memory_mb(eargs, "green")
     return row
 
 
@@ -156,20 +156,20 @@ class _LossOnly(torch.nn.Module):
 
 def run_step_case(args, arch, size, ratio) -> dict:
     pargv = common_argv(args, arch, size, ratio) + ["--decoder-dim", str(args.decoder_dim)]
-    pargs = benchmark_pretrain.parse_args(pargv + ([] if amp_on(args) else ["--no-amp"]))
-    t = benchmark_pretrain.time_both(pargs)
+    pargs = step.parse_args(pargv + ([] if amp_on(args) else ["--no-amp"]))
+    t = step.time_both(pargs)
     row = {"dense_s": t["dense_s"], "green_s": t["green_s"], "dense_fwdbwd_s": t["dense_fwdbwd_s"],
            "green_fwdbwd_s": t["green_fwdbwd_s"],
            "fwdbwd_speedup": t["dense_fwdbwd_s"] / t["green_fwdbwd_s"]}
-    flops_args = benchmark_pretrain.parse_args(pargv + ["--no-amp"])
+    flops_args = step.parse_args(pargv + ["--no-amp"])
     flops_args.compile = None
-    for v in benchmark_pretrain.VARIANTS:
-        model, _, images, masks = benchmark_pretrain.build(flops_args, v)
+    for v in step.VARIANTS:
+        model, _, images, masks = step.build(flops_args, v)
         row[f"{v}_gmac"] = gmac_per_image(_LossOnly(model), (images[:1], masks(1)))
         del model
     if not args.no_memory:
-        for v in benchmark_pretrain.VARIANTS:
-            row[f"{v}_mb"] = benchmark_pretrain.peak_memory_mb(pargs, v)
+        for v in step.VARIANTS:
+            row[f"{v}_mb"] = step.peak_memory_mb(pargs, v)
     return row
 
 
@@ -189,13 +189,13 @@ def finish_row(row: dict, batch: int) -> dict:
 
 def per_sample_overhead(args, arch, size, ratio) -> dict:
     """Green encoder steps with a shared mask and with per-sample masks, alternated."""
-    eargs = benchmark_encoder.parse_args(common_argv(args, arch, size, ratio) + (["--amp"] if amp_on(args) else []))
+    eargs = encoder.parse_args(common_argv(args, arch, size, ratio) + (["--amp"] if amp_on(args) else []))
     torch.manual_seed(0)
-    enc, images, shared = benchmark_encoder.build(eargs)
+    enc, images, shared = encoder.build(eargs)
     per_sample = MaskGenerator(size, ratio, shared=False, seed=1)
     b = args.batch_size
-    t = interleave({"shared": lambda: benchmark_encoder.step(enc, images, shared(b), eargs.amp),
-                    "per_sample": lambda: benchmark_encoder.step(enc, images, per_sample(b), eargs.amp)},
+    t = interleave({"shared": lambda: encoder.step(enc, images, shared(b), eargs.amp),
+                    "per_sample": lambda: encoder.step(enc, images, per_sample(b), eargs.amp)},
                    args.iters, args.warmup, images.device)
     return {"arch": arch, "img_size": size, "mask_ratio": ratio, "shared_s": t["shared"]["s"],
             "per_sample_s": t["per_sample"]["s"], "overhead": t["per_sample"]["s"] / t["shared"]["s"] - 1}
@@ -252,7 +252,7 @@ def _load() -> str:
 
 
 def targets(res: dict) -> List[dict]:
-    """The issue's targets, checked on the headline case (Swin-B, 224, 0.75) when it ran."""
+    """The targets, checked on the headline case (Swin-B, 224, 0.75) when it ran."""
     out = []
     head = {c["mode"]: c for c in res["cases"] if (c["arch"], c["img_size"], c["mask_ratio"]) == HEADLINE
             and not c.get("error")}
@@ -260,20 +260,15 @@ def targets(res: dict) -> List[dict]:
     def add(name, value, ok, fmt="{:.2f}"):
         out.append({"name": name, "measured": fmt.format(value), "met": bool(ok)})
 
-    if "encoder" in head:
-        e = head["encoder"]
-        add("encoder fwd+bwd speed-up >= 4.0", e["speedup"], e["speedup"] >= 4.0, "{:.2f}x")
-        if "efficiency" in e:
-            add("encoder efficiency >= 0.9", e["efficiency"], e["efficiency"] >= 0.9)
-        if "mem_reduction" in e:
-            add("encoder memory reduction >= 0.75", e["mem_reduction"], e["mem_reduction"] >= 0.75, "{:.3f}")
-    if "step" in head:
-        s = head["step"]
-        add("whole step (with AdamW) speed-up >= 3.5", s["speedup"], s["speedup"] >= 3.5, "{:.2f}x")
-        if "efficiency" in s:
-            add("step efficiency >= 0.9", s["efficiency"], s["efficiency"] >= 0.9)
-        if "mem_reduction" in s:
-            add("step memory reduction >= 0.75", s["mem_reduction"], s["mem_reduction"] >= 0.75, "{:.3f}")
+    for mode, what, goal in (("encoder", "encoder fwd+bwd", 4.0), ("step", "whole step (with AdamW)", 3.5)):
+        if mode not in head:
+            continue
+        c = head[mode]
+        add(f"{what} speed-up >= {goal}", c["speedup"], c["speedup"] >= goal, "{:.2f}x")
+        if "efficiency" in c:
+            add(f"{mode} efficiency >= 0.9", c["efficiency"], c["efficiency"] >= 0.9)
+        if "mem_reduction" in c:
+            add(f"{mode} memory reduction >= 0.75", c["mem_reduction"], c["mem_reduction"] >= 0.75, "{:.3f}")
     for p in res.get("per_sample", []):
         add("per-sample masks overhead <= 5%", 100 * p["overhead"], p["overhead"] <= 0.05, "{:+.1f}%")
     for p in res.get("planning", []):
@@ -318,7 +313,7 @@ def save(res: dict, out: str) -> Dict[str, str]:
     """RESULTS.md, the PNG and results.json, as far as the run has got."""
     res["machine"]["load_end"] = _load()
     res["targets"] = targets(res)
-    paths = benchmark_report.write(res, out)
+    paths = report.write(res, out)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     return paths
@@ -330,13 +325,13 @@ def main(argv=None) -> Dict:
         with open(args.render) as f:
             res = json.load(f)
         res["targets"] = targets(res)
-        benchmark_report.write(res, args.out)
+        report.write(res, args.out)
         return res
     if args.batch_size is None:
         args.batch_size = 128 if args.device.startswith("cuda") else 8
     if not args.device.startswith("cuda"):
         torch.set_num_threads(args.threads)
-    res = {"command": "python tools/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    res = {"command": "python tools/benchmarks/suite.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": machine(args), "batch_size": args.batch_size, "iters": args.iters,
            "warmup": args.warmup, "cases": []}
     cases = grid(args)

@@ -1,8 +1,11 @@
-"""gpu_results.json -> gpu_results.md: the table the README's GPU section is made from."""
+"""gpu_results.json -> gpu_results.md: the table the README's GPU section is made from.
+
+    python tools/benchmarks/gpu_suite_report.py $OUT/gpu_results.json $OUT/gpu_results.md
+"""
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 
 def _f(v, fmt="{:.3f}"):
@@ -40,5 +43,9 @@ def write_report(results: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
-    with open(sys.argv[1]) as f:
-        write_report(json.load(f), sys.argv[2])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", help="gpu_results.json of a suite run")
+    p.add_argument("markdown", help="the table to write")
+    args = p.parse_args()
+    with open(args.results) as f:
+        write_report(json.load(f), args.markdown)

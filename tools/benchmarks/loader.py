@@ -7,8 +7,8 @@ folder of JPEGs of ImageNet's typical size (500x375, written once from the synth
 JPEG decoding is paid as on real data; `--data synthetic` renders images in the workers instead. Compare its img/s with a training step's img/s: if the loader is slower, the
 accelerator waits for data. The first batches (worker start-up, first renders) are not timed.
 
-    python tools/benchmark_loader.py --img-size 224 --batch-size 8 --workers 2
-    python tools/benchmark_loader.py --data /datasets/imagenet/train --batch-size 128 --workers 8
+    python tools/benchmarks/loader.py --img-size 224 --batch-size 8 --workers 2
+    python tools/benchmarks/loader.py --data /datasets/imagenet/train --batch-size 128 --workers 8
 """
 from __future__ import annotations
 

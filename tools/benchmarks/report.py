@@ -1,6 +1,6 @@
 """Writes a benchmark suite's results: benchmarks/RESULTS.md (tables) and a PNG plot.
 
-Input is the suite's JSON-able dict (tools/benchmark.py): {"machine": {...}, "command": str,
+Input is the suite's JSON-able dict (suite.py): {"machine": {...}, "command": str,
 "cases": [row, ...], "per_sample": [...], "planning": [...], "loader": {...}, "targets": [...]}.
 Missing sections are skipped, so a partial grid still gives a readable report.
 """

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """One full pretraining step of GreenMIM against the dense SimMIM baseline, side by side.
 
-    python tools/benchmark_pretrain.py --arch swin_base --img-size 224 --batch-size 8 --json out.json
-    python tools/benchmark_pretrain.py --arch swin_base --batch-size 128 --json gpu.json   # on a GPU
+    python tools/benchmarks/step.py --arch swin_base --img-size 224 --batch-size 8 --json out.json
+    python tools/benchmarks/step.py --arch swin_base --batch-size 128 --json gpu.json   # on a GPU
 
 A step is forward + loss + backward + AdamW update (+ zero_grad) of the whole MIM model: green =
 green encoder on the visible units + one-block decoder; dense = the same encoder on every token with
@@ -11,11 +11,11 @@ a mask token + linear pixel head (SimMIM). Both get the same images and masks.
 Timing alternates the two variants in one process and reports medians (robust on a noisy machine):
 `*_s` the whole step, `*_fwdbwd_s` forward + loss + backward alone.
 
-Peak memory, per variant, the method of tools/step_memory.py (shared with benchmark_encoder.py): on CUDA
+Peak memory, per variant, the method of memory.py (shared with encoder.py): on CUDA
 torch.cuda.max_memory_allocated during a step minus the memory allocated before it; on the CPU
 each variant runs in its own subprocess and reports its peak RSS during a step minus its RSS
 before it. The subprocess runs one step first, so model, gradient buffers (kept and zeroed in
-place, as benchmark_encoder.py does), optimiser state, inputs and libraries are all in the baseline
+place, as encoder.py does), optimiser state, inputs and libraries are all in the baseline
 and only what the step's computation needs is counted. (On Linux the peak is
 reset with /proc/self/clear_refs and glibc's mmap threshold is pinned, so that memory freed by
 the first step is returned to the system and not hidden in the baseline.)
@@ -29,23 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
-try:
-    import greenmim
-except ModuleNotFoundError as e:  # running from a checkout without `pip install -e .`
-    if e.name != "greenmim":
-        raise
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pretrain"))
-    import greenmim
-
 import torch
-from benchmark_timing import interleave, sync
-from step_memory import run_in_subprocess, step_peak_mb
+from memory import run_in_subprocess, step_peak_mb
+from setting import add_setting_args, build_encoder, build_inputs, print_result, setting_argv, setting_result
+from timing import interleave, sync
 
-from greenmim.data.masking import MaskGenerator
 from greenmim.engine.optim import build_optimizer
 from greenmim.models.mim import GreenMIM
 from greenmim.models.simmim import SimMIM
@@ -55,27 +46,11 @@ VARIANTS = ("dense", "green")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="swin_base")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--window-size", type=int, default=7)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--mask-ratio", type=float, default=0.75)
-    p.add_argument("--per-sample-mask", action="store_true", help="independent mask per sample "
-                   "(default: one mask per batch, the paper's setting)")
+    add_setting_args(p, VARIANTS)
     p.add_argument("--decoder-dim", type=int, default=512)
     p.add_argument("--decoder-depth", type=int, default=1)
     p.add_argument("--decoder-heads", type=int, default=16)
-    p.add_argument("--encoder-kwargs", default="{}", help="extra build_encoder overrides as JSON "
-                   "(e.g. '{\"embed_dim\": 32, \"depths\": [1,1,1,1]}' for a quick check)")
-    p.add_argument("--iters", type=int, default=5, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                   help="torch.compile the model (both variants) (backend: inductor, or e.g. eager to check tracing only)")
-    p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--memory-only", choices=VARIANTS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -87,10 +62,7 @@ def build(args, variant: str):
     """Model, AdamW (paper's groups), images, mask generator of one variant, all seeded."""
     device = torch.device(args.device)
     torch.manual_seed(0)
-    overrides = dict(img_size=args.img_size, **json.loads(args.encoder_kwargs))
-    if args.arch.startswith("swin"):
-        overrides.setdefault("window_size", args.window_size)
-    enc = greenmim.build_encoder(args.arch, **overrides)
+    enc = build_encoder(args)
     if variant == "green":
         model = GreenMIM(enc, img_size=args.img_size, decoder_dim=args.decoder_dim,
                          decoder_depth=args.decoder_depth, decoder_num_heads=args.decoder_heads)
@@ -98,10 +70,9 @@ def build(args, variant: str):
         model = SimMIM(enc)
     model.to(device)
     opt = build_optimizer(model, lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
-    if getattr(args, "compile", None):
+    if args.compile:
         model = torch.compile(model, backend=args.compile)  # the optimiser holds the same parameters
-    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
-    masks = MaskGenerator(args.img_size, args.mask_ratio, shared=not args.per_sample_mask, seed=0)
+    images, masks = build_inputs(args, device)
     return model, opt, images, masks
 
 
@@ -124,7 +95,7 @@ def train_step(model, opt, images, mask, amp: bool, keep_grads: bool = False):
 
 def time_both(args):
     """Medians of whole steps (`*_s`) and of forward+loss+backward (`*_fwdbwd_s`), the two
-    variants alternated (benchmark_timing.interleave) on the same images and masks."""
+    variants alternated (timing.interleave) on the same images and masks."""
     built = {v: build(args, v) for v in VARIANTS}
     current = {}
 
@@ -155,20 +126,11 @@ def memory_child(args) -> None:
 
 
 def peak_memory_mb(args, variant: str) -> float:
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", variant,
-           "--arch", args.arch, "--img-size", str(args.img_size), "--window-size", str(args.window_size),
-           "--batch-size", str(args.batch_size), "--mask-ratio", str(args.mask_ratio),
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", variant, *setting_argv(args),
            "--decoder-dim", str(args.decoder_dim), "--decoder-depth", str(args.decoder_depth),
-           "--decoder-heads", str(args.decoder_heads), "--encoder-kwargs", args.encoder_kwargs,
-           "--device", args.device]
-    if args.per_sample_mask:
-        cmd.append("--per-sample-mask")
+           "--decoder-heads", str(args.decoder_heads), "--device", args.device]
     if args.no_amp:
         cmd.append("--no-amp")
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    if getattr(args, "compile", None):
-        cmd += ["--compile", args.compile]
     return run_in_subprocess(cmd)
 
 
@@ -180,29 +142,20 @@ def main(argv=None):
         return memory_child(args)
     t = time_both(args)
     dense_mb, green_mb = (peak_memory_mb(args, v) for v in VARIANTS)
-    cuda = args.device.startswith("cuda")
     result = {
-        "arch": args.arch, "img_size": args.img_size, "window_size": args.window_size,
-        "batch_size": args.batch_size, "mask_ratio": args.mask_ratio,
-        "per_sample_mask": args.per_sample_mask, "encoder_kwargs": json.loads(args.encoder_kwargs),
+        **setting_result(args), "encoder_kwargs": json.loads(args.encoder_kwargs),
         "decoder": [args.decoder_dim, args.decoder_depth, args.decoder_heads],
-        "device": args.device,
-        "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "amp": "bf16" if amp_enabled(args) else "fp32",
-        "iters": args.iters,
+        "amp": "bf16" if amp_enabled(args) else "fp32", "iters": args.iters,
         "dense_s": t["dense_s"], "green_s": t["green_s"], "speedup": t["dense_s"] / t["green_s"],
         "dense_fwdbwd_s": t["dense_fwdbwd_s"], "green_fwdbwd_s": t["green_fwdbwd_s"],
         "fwdbwd_speedup": t["dense_fwdbwd_s"] / t["green_fwdbwd_s"],
         "dense_peak_mb": dense_mb, "green_peak_mb": green_mb,
         "mem_reduction": 1.0 - green_mb / dense_mb,
     }
-    if cuda:
+    if args.device.startswith("cuda"):
         result["img_per_s_dense"] = args.batch_size / t["dense_s"]
         result["img_per_s_green"] = args.batch_size / t["green_s"]
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    print_result(result, args.json)
 
 
 if __name__ == "__main__":
