@@ -7,12 +7,10 @@
     python pretrain/main_finetune.py --config CFG data.path=DIR --eval-only --checkpoint CKPT
 
 Everything after the config is `key.sub=value` overrides; see greenmim/engine/finetune_config.py.
-The program lives in greenmim.engine.finetune; this file only makes it runnable from a checkout.
+The program lives in greenmim.engine.finetune; this file only runs it.
 """
-import os
 import sys
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # a checkout without install
-    from greenmim.engine.finetune import main
+    from greenmim.engine.finetune import main  # installed, or beside this script in a checkout
     sys.exit(main())

@@ -5,12 +5,10 @@
         --config configs/pretrain/greenmim_swin_base_w7.yaml data.path=/datasets/imagenet
 
 Everything after the config is `key.sub=value` overrides; see greenmim/config.py for every key.
-The program lives in greenmim.engine.pretrain; this file only makes it runnable from a checkout.
+The program lives in greenmim.engine.pretrain; this file only runs it.
 """
-import os
 import sys
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # a checkout without install
-    from greenmim.engine.pretrain import main
+    from greenmim.engine.pretrain import main  # installed, or beside this script in a checkout
     sys.exit(main())

@@ -22,9 +22,8 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote, unquote
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the tools beside this file
-import plot_curves  # noqa: E402
-from demo import _fmt_time, ap_table  # noqa: E402
+import plot_curves  # the tools beside this script
+from demo import _fmt_time, ap_table
 
 REPORT, CURVES = "report.md", "curves.png"
 MAX_DETECTION_PICTURES = 3

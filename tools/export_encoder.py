@@ -11,18 +11,10 @@ output_dir/encoder.pth when it finishes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-try:
-    import greenmim  # noqa: F401
-except ModuleNotFoundError as e:  # running from a checkout without `pip install -e .`
-    if e.name != "greenmim":
-        raise
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pretrain"))
-
-from greenmim.config import UserError  # noqa: E402
-from greenmim.engine import checkpoint as ckpt  # noqa: E402
+from greenmim.config import UserError
+from greenmim.engine import checkpoint as ckpt
 
 
 def main(argv=None) -> int:

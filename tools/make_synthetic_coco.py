@@ -15,13 +15,7 @@ import os
 import sys
 import time
 
-try:
-    from greenmim.data.synthetic import CATEGORIES, generate_synthetic_coco
-except ModuleNotFoundError as e:  # running from a checkout without `pip install -e .`
-    if e.name != "greenmim":
-        raise
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pretrain"))
-    from greenmim.data.synthetic import CATEGORIES, generate_synthetic_coco
+from greenmim.data.synthetic import CATEGORIES, generate_synthetic_coco
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -25,12 +25,6 @@ import logging
 import os
 import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-try:  # a source checkout without `pip install -e .`
-    import greenmim_det  # noqa: F401
-except ImportError:
-    sys.path[:0] = [os.path.join(_ROOT, "pretrain"), os.path.join(_ROOT, "projects", "GreenMIM")]
-
 import torch
 
 from detectron2.config import LazyConfig, instantiate

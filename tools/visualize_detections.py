@@ -19,14 +19,7 @@ with --dataset, else from the config's test dataset; trailing key=value pairs ov
 import argparse
 import logging
 import os
-import sys
 from typing import Dict, Iterable, List, Optional, Tuple
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-try:  # a source checkout without `pip install -e .`
-    import greenmim_det  # noqa: F401
-except ImportError:
-    sys.path[:0] = [os.path.join(_ROOT, "pretrain"), os.path.join(_ROOT, "projects", "GreenMIM")]
 
 import numpy as np
 import torch

@@ -13,13 +13,6 @@ import argparse
 import os
 import sys
 
-try:
-    import greenmim  # noqa: F401
-except ModuleNotFoundError as e:  # running from a checkout without `pip install -e .`
-    if e.name != "greenmim":
-        raise
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pretrain"))
-
 import torch
 
 from greenmim.config import UserError

@@ -29,7 +29,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from gpu_suite_report import write_report
