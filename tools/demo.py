@@ -34,14 +34,13 @@ import hashlib
 import json
 import os
 import re
-import resource
-import shutil
-import subprocess
 import sys
 import time
-import uuid
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
+
+from demo_report import ap_table, write_report, write_summary  # beside this script
+
+from greenmim.engine.stages import Stage, StageError, StageRunner, fmt_time, remove, run_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_CONFIG = os.path.join(ROOT, "configs", "demo", "pretrain_swin_demo.yaml")
@@ -90,11 +89,6 @@ OWNS = {
     "reconstruction": ["reconstruction.png"],
     "scratch": ["finetune_scratch"],
 }
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-class DemoError(Exception):
-    """A stage failed; the message says which and where its log is."""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -154,165 +148,11 @@ def _file_hash(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-# ------------------------------------------------------------------------------------- running
-
-
-def _fmt_time(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}:{s:02d}"
-
-
 # detectron2's output is long (config dump, model print); on the console keep the progress lines
 _D2_PROGRESS = re.compile(
     r"(eta: |Evaluation results for|^\||Inference done|Total inference time|GreenCheckpointer|"
     r"detections >= |wrote |error|Error|Starting training)"
 )
-
-
-def run_tool(cmd: List[str], log_path: str, show: Optional[Callable[[str], bool]], verbose: bool,
-             env_extra: Optional[Dict[str, str]] = None) -> None:
-    """Runs cmd (from the repository root), copying its output to log_path and, filtered by
-    `show` (None = everything), to the console. Raises DemoError on a non-zero exit."""
-    printable = " ".join(os.path.relpath(c, ROOT) if os.path.isabs(c) and c.startswith(ROOT) else c for c in cmd)
-    print(f"  $ {printable}", flush=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore", **(env_extra or {}))
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "wb") as log:
-        log.write(f"$ {printable}\n".encode())
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        pending = b""
-        while True:
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            log.write(chunk)
-            log.flush()
-            if show is None or verbose:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-                continue
-            pending += chunk
-            *lines, pending = re.split(rb"[\r\n]", pending)
-            for line in lines:
-                text = line.decode("utf-8", "replace")
-                if text.strip() and show(text):
-                    print("    " + text.strip()[:160], flush=True)
-        rc = proc.wait()
-    if rc != 0:
-        with open(log_path, "rb") as f:
-            tail = f.read().decode("utf-8", "replace").splitlines()[-25:]
-        print("\n".join("    | " + line for line in tail), file=sys.stderr)
-        raise DemoError(f"`{printable}` failed with exit status {rc}; full output in {log_path}")
-
-
-@dataclass
-class Stage:
-    name: str
-    title: str
-    settings: Dict
-    run: Callable[[], Dict]  # returns the stage's results (stored in its marker)
-    keep_partial: bool = False  # an unfinished run with the same settings continues (pretraining)
-
-
-@dataclass
-class Demo:
-    out: str
-    settings: Dict
-    verbose: bool = False
-    markers: Dict[str, Dict] = field(default_factory=dict)
-    times: Dict[str, Dict] = field(default_factory=dict)
-
-    # -- paths
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.out, *parts)
-
-    def marker_path(self, name: str, kind: str = "json") -> str:
-        return self.path("stages", f"{name}.{kind}")
-
-    def _read_json(self, path: str) -> Optional[Dict]:
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
-
-    def _write_json(self, path: str, obj: Dict) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-
-    # -- stage bookkeeping
-    def is_fresh(self, stage: Stage) -> bool:
-        marker = self._read_json(self.marker_path(stage.name))
-        if not marker or marker.get("settings") != stage.settings:
-            return False
-        for dep in DEPENDS[stage.name]:
-            dep_marker = self.markers.get(dep) or self._read_json(self.marker_path(dep))
-            if not dep_marker or marker.get("inputs", {}).get(dep) != dep_marker.get("run_id"):
-                return False
-        return all(os.path.exists(self.path(p)) for p in OWNS[stage.name])
-
-    def clean(self, name: str) -> None:
-        for rel in OWNS[name]:
-            p = self.path(rel)
-            if os.path.isdir(p):
-                shutil.rmtree(p)
-            elif os.path.exists(p):
-                os.remove(p)
-        for kind in ("json", "started.json"):
-            if os.path.exists(self.marker_path(name, kind)):
-                os.remove(self.marker_path(name, kind))
-
-    def execute(self, index: int, total: int, stage: Stage) -> Dict:
-        header = f"[{index}/{total}] {stage.title}"
-        if self.is_fresh(stage):
-            marker = self._read_json(self.marker_path(stage.name))
-            print(f"{header}: done before ({_fmt_time(marker['seconds'])}), reusing it", flush=True)
-            self.markers[stage.name] = marker
-            self.times[stage.name] = {"seconds": marker["seconds"], "cpu_seconds": marker.get("cpu_seconds"),
-                                      "reused": True}
-            return marker["results"]
-        started = self._read_json(self.marker_path(stage.name, "started.json"))
-        if os.path.exists(self.marker_path(stage.name)) or not (
-            stage.keep_partial and started and started.get("settings") == stage.settings
-        ):
-            self.clean(stage.name)
-        else:
-            print(f"{header}: continuing an unfinished run", flush=True)
-        print(f"{header} ...", flush=True)
-        self._write_json(self.marker_path(stage.name, "started.json"), {"settings": stage.settings})
-        load0 = os.getloadavg()
-        cpu0 = _children_cpu()
-        t0 = time.monotonic()
-        results = stage.run()
-        seconds = time.monotonic() - t0
-        cpu = _children_cpu() - cpu0
-        marker = {
-            "stage": stage.name,
-            "run_id": uuid.uuid4().hex,
-            "settings": stage.settings,
-            "inputs": {dep: self.markers[dep]["run_id"] for dep in DEPENDS[stage.name]},
-            "seconds": round(seconds, 1),
-            "cpu_seconds": round(cpu, 1),
-            "load_average": [round(x, 2) for x in (*load0, *os.getloadavg())],  # 1/5/15 min at start, end
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "results": results,
-        }
-        self._write_json(self.marker_path(stage.name), marker)
-        os.remove(self.marker_path(stage.name, "started.json"))
-        self.markers[stage.name] = marker
-        self.times[stage.name] = {"seconds": marker["seconds"], "cpu_seconds": marker["cpu_seconds"],
-                                  "reused": False}
-        print(f"    done in {_fmt_time(seconds)} (CPU time of the tool {_fmt_time(cpu)}, "
-              f"load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
-        return results
-
-
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 # --------------------------------------------------------------------------------------- stages
@@ -334,11 +174,10 @@ def _tool(name: str) -> str:
     return os.path.join(ROOT, "tools", name)
 
 
-def detection_overrides(demo: Demo, encoder: Dict, output_dir: str, init_checkpoint: str) -> List[str]:
-    """train_net.py / visualize_detections.py overrides: data paths, sizes, and the backbone shape
-    of the pretraining config (one source of truth for the encoder)."""
-    s = demo.settings
-    data = demo.path("data")
+def detection_overrides(s: Dict, data: str, encoder: Dict, output_dir: str, init_checkpoint: str) -> List[str]:
+    """train_net.py / visualize_detections.py overrides: data paths (the dataset folder `data`),
+    sizes (settings `s`), and the backbone shape of the pretraining config (one source of truth
+    for the encoder)."""
     img = s["img_size"]
     opts = [
         f"model.backbone.bottom_up.embed_dim={encoder['embed_dim']}",
@@ -388,11 +227,15 @@ def _inference_seconds(log_path: str) -> Optional[float]:
     return int(h) * 3600 + int(mi) * 60 + float(se)
 
 
-def build_stages(demo: Demo, compare: bool) -> List[Stage]:
-    s = demo.settings
-    out = demo.path
+def build_stages(runner: StageRunner, s: Dict, verbose: bool, compare: bool) -> List[Stage]:
+    """The demo's stages for settings `s` (resolve_settings), its output folder that of runner."""
+    out = runner.path
     logs = lambda name: out("logs", f"{name}.log")  # noqa: E731
     d2_show = _D2_PROGRESS.search
+
+    def tool(cmd: List[str], name: str, show: Optional[Callable[[str], bool]] = None) -> None:
+        """Runs one tool from the repository root; its output goes to logs/<name>.log."""
+        run_tool(cmd, logs(name), show, verbose, cwd=ROOT)
 
     # the pretraining config, resolved: its encoder is also the detector's backbone
     from greenmim.config import load_config
@@ -421,16 +264,16 @@ def build_stages(demo: Demo, compare: bool) -> List[Stage]:
     last_ckpt = out("pretrain", "checkpoint-last.pth")
 
     def data():
-        run_tool(_py() + [_tool("make_synthetic_coco.py"), "--out", out("data"), "--num-train", str(s["num_train"]),
-                          "--num-val", str(s["num_val"]), "--img-size", str(s["img_size"]), "--seed", str(s["seed"])],
-                 logs("data"), None, demo.verbose)
+        tool(_py() + [_tool("make_synthetic_coco.py"), "--out", out("data"), "--num-train", str(s["num_train"]),
+                      "--num-val", str(s["num_val"]), "--img-size", str(s["img_size"]), "--seed", str(s["seed"])],
+             "data")
         return {"root": "data"}
 
     def pretrain():
-        run_tool(_launcher(s["procs"]) + [os.path.join(ROOT, "pretrain", "main_pretrain.py"), "--config",
-                                           PRETRAIN_CONFIG, *pretrain_opts], logs("pretrain"), None, demo.verbose)
+        tool(_launcher(s["procs"]) + [os.path.join(ROOT, "pretrain", "main_pretrain.py"), "--config",
+                                       PRETRAIN_CONFIG, *pretrain_opts], "pretrain")
         if not os.path.isfile(last_ckpt):
-            raise DemoError(f"pretraining wrote no {last_ckpt}; see {logs('pretrain')}")
+            raise StageError(f"pretraining wrote no {last_ckpt}; see {logs('pretrain')}")
         losses, step = [], None
         with open(out("pretrain", "log.jsonl")) as f:
             for line in f:
@@ -438,132 +281,79 @@ def build_stages(demo: Demo, compare: bool) -> List[Stage]:
                 step = rec.get("step", step)
                 if "loss" in rec:
                     losses.append(rec["loss"])
-        return {"checkpoint": os.path.relpath(last_ckpt, demo.out), "steps": step,
+        return {"checkpoint": os.path.relpath(last_ckpt, runner.out), "steps": step,
                 "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
 
     def export():
-        run_tool(_py() + [_tool("export_encoder.py"), last_ckpt, out("encoder.pth")], logs("export"), None, demo.verbose)
+        tool(_py() + [_tool("export_encoder.py"), last_ckpt, out("encoder.pth")], "export")
         return {"encoder": "encoder.pth"}
 
     def finetune(init: str, name: str) -> Callable[[], Dict]:
         def run():
             d = out(name)
-            run_tool(_launcher(s["procs"]) + [_tool("train_net.py"), "--config-file", DETECTION_CONFIG,
-                                              *detection_overrides(demo, enc_shape, d, init)],
-                     logs(name), d2_show, demo.verbose)
+            tool(_launcher(s["procs"]) + [_tool("train_net.py"), "--config-file", DETECTION_CONFIG,
+                                          *detection_overrides(s, out("data"), enc_shape, d, init)], name, d2_show)
             metrics = read_metrics(d)
             if metrics is None:
-                raise DemoError(f"fine-tuning finished without COCO metrics in {d}/inference; see {logs(name)}")
-            return {"model": os.path.relpath(os.path.join(d, "model_final.pth"), demo.out), "metrics": metrics,
+                raise StageError(f"fine-tuning finished without COCO metrics in {d}/inference; see {logs(name)}")
+            return {"model": os.path.relpath(os.path.join(d, "model_final.pth"), runner.out), "metrics": metrics,
                     "inference_seconds": _inference_seconds(logs(name))}
         return run
 
     def evaluate():
         metrics = read_metrics(out("finetune"))
         if metrics is None:  # e.g. metrics deleted: evaluate the final model again
-            run_tool(_py() + [_tool("train_net.py"), "--config-file", DETECTION_CONFIG, "--eval-only",
-                              *detection_overrides(demo, enc_shape, out("finetune"), out("finetune", "model_final.pth"))],
-                     logs("evaluate"), d2_show, demo.verbose)
+            final = out("finetune", "model_final.pth")
+            tool(_py() + [_tool("train_net.py"), "--config-file", DETECTION_CONFIG, "--eval-only",
+                          *detection_overrides(s, out("data"), enc_shape, out("finetune"), final)], "evaluate", d2_show)
             metrics = read_metrics(out("finetune"))
         if metrics is None:
-            raise DemoError(f"no COCO metrics in {out('finetune', 'inference')}")
+            raise StageError(f"no COCO metrics in {out('finetune', 'inference')}")
         return {"metrics": metrics}
 
     def detections():
-        opts = detection_overrides(demo, enc_shape, out("finetune"), "")
+        opts = detection_overrides(s, out("data"), enc_shape, out("finetune"), "")
         opts = [o for o in opts if o.startswith(("model.", "dataloader.test.mapper"))]
-        run_tool(_py() + [_tool("visualize_detections.py"), "--config-file", DETECTION_CONFIG,
-                          "--checkpoint", out("finetune", "model_final.pth"), "--dataset", VAL_NAME,
-                          "--json", out("data", "annotations", "instances_val.json"),
-                          "--image-root", out("data", "val"), "--gt", "--max-images", str(s["vis_images"]),
-                          "--output", vis_dir, "--device", s["device"], *opts],
-                 logs("detections"), None, demo.verbose)
+        tool(_py() + [_tool("visualize_detections.py"), "--config-file", DETECTION_CONFIG,
+                      "--checkpoint", out("finetune", "model_final.pth"), "--dataset", VAL_NAME,
+                      "--json", out("data", "annotations", "instances_val.json"),
+                      "--image-root", out("data", "val"), "--gt", "--max-images", str(s["vis_images"]),
+                      "--output", vis_dir, "--device", s["device"], *opts], "detections")
         pngs = sorted(f for f in os.listdir(vis_dir) if f.endswith(".png"))
         if not pngs:
-            raise DemoError(f"no pictures in {vis_dir}; see {logs('detections')}")
+            raise StageError(f"no pictures in {vis_dir}; see {logs('detections')}")
         return {"pictures": [os.path.join("detections", f) for f in pngs]}
 
     def reconstruction():
-        run_tool(_py() + [_tool("visualize_reconstruction.py"), last_ckpt, "--out", rec_png,
-                          "--num", str(s["rec_images"]), "--data-path", out("data", "val"), "--device", s["device"]],
-                 logs("reconstruction"), None, demo.verbose)
+        tool(_py() + [_tool("visualize_reconstruction.py"), last_ckpt, "--out", rec_png,
+                      "--num", str(s["rec_images"]), "--data-path", out("data", "val"), "--device", s["device"]],
+             "reconstruction")
         return {"pictures": ["reconstruction.png"]}
 
     data_settings = {k: s[k] for k in ("num_train", "num_val", "img_size", "seed")}
     det_settings = {"config": det_hash, "encoder": enc_shape, "iters": s["finetune_iters"],
                     "batch_size": s["batch_size"], "procs": s["procs"], "img_size": s["img_size"], "seed": s["seed"],
                     "device": s["device"], "overrides": s["detection_overrides"]}
+
+    def stage(name: str, title: str, settings: Dict, run: Callable[[], Dict], **kw) -> Stage:
+        return Stage(name, title, settings, run, DEPENDS[name], OWNS[name], **kw)
+
     stages = [
-        Stage("data", "generate the synthetic COCO shapes dataset", data_settings, data),
-        Stage("pretrain", "green MIM pretraining of a small Swin on the train images",
+        stage("data", "generate the synthetic COCO shapes dataset", data_settings, data),
+        stage("pretrain", "green MIM pretraining of a small Swin on the train images",
               {"config": _file_hash(PRETRAIN_CONFIG), "overrides": pretrain_opts[1:]}, pretrain, keep_partial=True),
-        Stage("export", "export the pretrained encoder", {}, export),
-        Stage("finetune", "Mask R-CNN fine-tuning from the pretrained encoder (+ COCO evaluation)", det_settings,
+        stage("export", "export the pretrained encoder", {}, export),
+        stage("finetune", "Mask R-CNN fine-tuning from the pretrained encoder (+ COCO evaluation)", det_settings,
               finetune(out("encoder.pth"), "finetune")),
-        Stage("evaluate", "COCO box and mask AP on the val split", {}, evaluate),
-        Stage("detections", "draw detections on val images", {"images": s["vis_images"]}, detections),
-        Stage("reconstruction", "reconstruction figure of the pretrained model", {"images": s["rec_images"]},
+        stage("evaluate", "COCO box and mask AP on the val split", {}, evaluate),
+        stage("detections", "draw detections on val images", {"images": s["vis_images"]}, detections),
+        stage("reconstruction", "reconstruction figure of the pretrained model", {"images": s["rec_images"]},
               reconstruction),
     ]
     if compare:
-        stages.append(Stage("scratch", "the same fine-tuning from random init (--compare)", det_settings,
+        stages.append(stage("scratch", "the same fine-tuning from random init (--compare)", det_settings,
                             finetune("", "finetune_scratch")))
     return stages
-
-
-# -------------------------------------------------------------------------------------- report
-
-
-def ap_table(rows: Dict[str, Dict]) -> str:
-    """rows: label -> COCO metrics {"bbox": {...}, "segm": {...}} -> a Markdown table."""
-    head = "| model | task | " + " | ".join(AP_KEYS) + " |"
-    lines = [head, "|" + "---|" * (len(AP_KEYS) + 2)]
-    for label, metrics in rows.items():
-        for task in ("bbox", "segm"):
-            m = (metrics or {}).get(task) or {}
-            vals = ["-" if m.get(k) is None else f"{m[k]:.1f}" for k in AP_KEYS]
-            lines.append(f"| {label} | {'box' if task == 'bbox' else 'mask'} | " + " | ".join(vals) + " |")
-    return "\n".join(lines)
-
-
-def write_summary(demo: Demo, results: Dict[str, Dict], wall: float, compare: bool) -> Dict:
-    s = demo.settings
-    metrics = {}
-    if "evaluate" in results:
-        metrics["pretrained"] = results["evaluate"]["metrics"]
-    if "scratch" in results:
-        metrics["random_init"] = results["scratch"]["metrics"]
-    pictures = []
-    for name in ("detections", "reconstruction"):
-        pictures += results.get(name, {}).get("pictures", [])
-    stage_times = dict(demo.times)
-    if "finetune" in results and results["finetune"].get("inference_seconds") is not None:
-        stage_times["finetune"]["of_which_evaluation_seconds"] = round(results["finetune"]["inference_seconds"], 1)
-    summary = {
-        "output_dir": os.path.abspath(demo.out),
-        "settings": {k: v for k, v in s.items() if not k.endswith("_overrides")},
-        "machine": {"cpu_count": os.cpu_count(), "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "stages": stage_times,
-        "total_seconds": round(sum(t["seconds"] for t in demo.times.values()), 1),
-        "this_run_seconds": round(wall, 1),
-        "metrics": metrics,
-        "box_AP": (metrics.get("pretrained") or {}).get("bbox", {}).get("AP"),
-        "mask_AP": (metrics.get("pretrained") or {}).get("segm", {}).get("AP"),
-        "pictures": pictures,
-        "files": {
-            "data": "data",
-            "pretrain_checkpoint": "pretrain/checkpoint-last.pth",
-            "encoder": "encoder.pth",
-            "detector": "finetune/model_final.pth",
-            **({"detector_random_init": "finetune_scratch/model_final.pth"} if compare else {}),
-            "logs": "logs",
-        },
-    }
-    if compare and "random_init" in metrics:
-        summary["random_init_box_AP"] = metrics["random_init"].get("bbox", {}).get("AP")
-        summary["random_init_mask_AP"] = metrics["random_init"].get("segm", {}).get("AP")
-    demo._write_json(demo.path("summary.json"), summary)
-    return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -583,35 +373,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Dict, out: str) -> int:
-    demo = Demo(out, settings, verbose=args.verbose)
+    runner = StageRunner(out)
     if args.restart and os.path.isdir(out):
         print(f"--restart: removing the demo's previous results in {out}")
-        for name in OWNS:
-            demo.clean(name)
+        for name, owns in OWNS.items():
+            runner.clean(name, owns)
         for rel in ("logs", "summary.json", "report.md", "curves.png"):
-            p = demo.path(rel)
-            if os.path.isdir(p):
-                shutil.rmtree(p)
-            elif os.path.exists(p):
-                os.remove(p)
+            remove(runner.path(rel))
     os.makedirs(out, exist_ok=True)
     print(f"GreenMIM demo -> {out} ({'quick, toy sizes' if args.quick else 'full'}; device {settings['device']}; "
           f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f})", flush=True)
 
     t0 = time.monotonic()
-    stages = build_stages(demo, args.compare)
+    stages = build_stages(runner, settings, args.verbose, args.compare)
     results: Dict[str, Dict] = {}
     try:
         for i, stage in enumerate(stages, 1):
-            results[stage.name] = demo.execute(i, len(stages), stage)
-            write_summary(demo, results, time.monotonic() - t0, args.compare)
-    except DemoError as e:
+            results[stage.name] = runner.execute(i, len(stages), stage)
+            write_summary(runner, settings, results, time.monotonic() - t0, args.compare)
+    except StageError as e:
         print(f"error: {e}\nRe-run the same command to continue from this stage.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted; re-run the same command to continue where it stopped", file=sys.stderr)
         return 130
-    summary = write_summary(demo, results, time.monotonic() - t0, args.compare)
+    summary = write_summary(runner, settings, results, time.monotonic() - t0, args.compare)
 
     rows = {"GreenMIM-pretrained": summary["metrics"].get("pretrained")}
     if "random_init" in summary["metrics"]:
@@ -619,13 +405,11 @@ def _demo(args: argparse.Namespace, settings: Dict, out: str) -> int:
     print("\nCOCO evaluation on the synthetic val split:")
     print(ap_table(rows))
     print("\nStage times (m:ss):  " + ", ".join(
-        f"{n} {_fmt_time(t['seconds'])}{' (reused)' if t['reused'] else ''}" for n, t in demo.times.items()))
-    print(f"Total {_fmt_time(summary['total_seconds'])} (this run {_fmt_time(summary['this_run_seconds'])})")
+        f"{n} {fmt_time(t['seconds'])}{' (reused)' if t['reused'] else ''}" for n, t in runner.times.items()))
+    print(f"Total {fmt_time(summary['total_seconds'])} (this run {fmt_time(summary['this_run_seconds'])})")
     print(f"Pictures: {', '.join(os.path.join(args.output, p) for p in summary['pictures'][:3])}"
           f"{' ...' if len(summary['pictures']) > 3 else ''}")
     print(f"Summary: {os.path.join(args.output, 'summary.json')}")
-    from demo_report import write_report  # beside this script: the report and curves.png
-
     report = write_report(out, summary)
     print(f"Report (AP table, training curves, pictures, stage times): "
           f"{os.path.join(args.output, os.path.relpath(report, out))}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""The demo's report: <output>/report.md and <output>/curves.png, from summary.json and the stages' logs.
+"""The demo's report: <output>/summary.json from its stages, then <output>/report.md and
+<output>/curves.png from summary.json and the stages' logs.
 
-tools/demo.py writes both at its end; run this to redo them for a finished demo folder:
+tools/demo.py writes all three as it goes; run this to redo the report and curves of a finished demo:
 
     python tools/demo_report.py output/demo
     python tools/demo_report.py output/demo --docs docs/images    # + the README's two pictures
@@ -22,15 +23,70 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote, unquote
 
-import plot_curves  # the tools beside this script
-from demo import _fmt_time, ap_table
+import plot_curves  # beside this script
+
+from greenmim.engine.stages import StageRunner, fmt_time, write_json
 
 REPORT, CURVES = "report.md", "curves.png"
 MAX_DETECTION_PICTURES = 3
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def _mmss(seconds: Optional[float]) -> str:
-    return "-" if seconds is None else _fmt_time(seconds)
+    return "-" if seconds is None else fmt_time(seconds)
+
+
+def ap_table(rows: Dict[str, Dict]) -> str:
+    """rows: label -> COCO metrics {"bbox": {...}, "segm": {...}} -> a Markdown table."""
+    head = "| model | task | " + " | ".join(AP_KEYS) + " |"
+    lines = [head, "|" + "---|" * (len(AP_KEYS) + 2)]
+    for label, metrics in rows.items():
+        for task in ("bbox", "segm"):
+            m = (metrics or {}).get(task) or {}
+            vals = ["-" if m.get(k) is None else f"{m[k]:.1f}" for k in AP_KEYS]
+            lines.append(f"| {label} | {'box' if task == 'bbox' else 'mask'} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(runner: StageRunner, s: Dict, results: Dict[str, Dict], wall: float, compare: bool) -> Dict:
+    """<out>/summary.json from the demo's settings `s`, its stages' results and times (runner) and
+    this run's wall seconds; returns its content."""
+    metrics = {}
+    if "evaluate" in results:
+        metrics["pretrained"] = results["evaluate"]["metrics"]
+    if "scratch" in results:
+        metrics["random_init"] = results["scratch"]["metrics"]
+    pictures = []
+    for name in ("detections", "reconstruction"):
+        pictures += results.get(name, {}).get("pictures", [])
+    stage_times = dict(runner.times)
+    if "finetune" in results and results["finetune"].get("inference_seconds") is not None:
+        stage_times["finetune"]["of_which_evaluation_seconds"] = round(results["finetune"]["inference_seconds"], 1)
+    summary = {
+        "output_dir": os.path.abspath(runner.out),
+        "settings": {k: v for k, v in s.items() if not k.endswith("_overrides")},
+        "machine": {"cpu_count": os.cpu_count(), "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "stages": stage_times,
+        "total_seconds": round(sum(t["seconds"] for t in runner.times.values()), 1),
+        "this_run_seconds": round(wall, 1),
+        "metrics": metrics,
+        "box_AP": (metrics.get("pretrained") or {}).get("bbox", {}).get("AP"),
+        "mask_AP": (metrics.get("pretrained") or {}).get("segm", {}).get("AP"),
+        "pictures": pictures,
+        "files": {
+            "data": "data",
+            "pretrain_checkpoint": "pretrain/checkpoint-last.pth",
+            "encoder": "encoder.pth",
+            "detector": "finetune/model_final.pth",
+            **({"detector_random_init": "finetune_scratch/model_final.pth"} if compare else {}),
+            "logs": "logs",
+        },
+    }
+    if compare and "random_init" in metrics:
+        summary["random_init_box_AP"] = metrics["random_init"].get("bbox", {}).get("AP")
+        summary["random_init_mask_AP"] = metrics["random_init"].get("segm", {}).get("AP")
+    write_json(runner.path("summary.json"), summary)
+    return summary
 
 
 def find_logs(out_dir: str) -> List[str]:
