@@ -9,6 +9,7 @@ resume; tests/test_detection.py runs train_net --resume / --eval-only and conver
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -79,6 +80,19 @@ def _split(args: List[str]):
     return flags, overrides
 
 
+def _parser_sources(path: str) -> List[str]:
+    """Where a script's flags may be declared: the script, the modules beside it that it imports
+    (tools/benchmarks/encoder.py -> setting.py) and the engine (pretrain/main_pretrain.py builds
+    its parser there)."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    here = os.path.dirname(path)
+    beside = [os.path.join(here, f"{m}.py") for m in sorted(names) if os.path.isfile(os.path.join(here, f"{m}.py"))]
+    engine = os.path.join(REPO, "pretrain", "greenmim", "engine")
+    return [path] + beside + [os.path.join(engine, f) for f in sorted(os.listdir(engine)) if f.endswith(".py")]
+
+
 COMMANDS = _python_commands()
 
 
@@ -88,10 +102,7 @@ def test_readme_command_matches_code(argv):
     path = os.path.join(REPO, script)
     assert os.path.isfile(path), f"README names {script}, which does not exist"
     flags, overrides = _split(args)
-    # an entry point may build its parser in the package (pretrain/main_pretrain.py -> engine)
-    sources = [path] + [os.path.join(d, f) for d in (os.path.join(REPO, "pretrain", "greenmim", "engine"),)
-                        for f in os.listdir(d) if f.endswith(".py")]
-    source = "\n".join(open(p, encoding="utf-8").read() for p in sources)
+    source = "\n".join(open(p, encoding="utf-8").read() for p in _parser_sources(path))
 
     if script.endswith("train_net.py"):
         from detectron2.engine import default_argument_parser
