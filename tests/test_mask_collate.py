@@ -32,8 +32,9 @@ def test_workers_give_the_batches_one_process_gives_and_plans_match_the_encoder(
     workers = list(loader(2, shared=False, planner=enc.planner()))
     assert len(main) == len(workers) == 4
     for (img_a, mask_a, plans_a), (img_b, mask_b, plans_b) in zip(main, workers):
-        assert torch.equal(img_a, img_b) and torch.equal(mask_a, mask_b)
-        ref = enc.plan_sparse(mask_a)
+        assert torch.equal(img_a, img_b) and torch.equal(mask_a.mask, mask_b.mask)
+        assert not mask_a.shared and not mask_b.shared
+        ref = enc.plan_sparse(mask_a.mask)
         for plan, want in zip(plans_b["attention"], ref["attention"]):
             assert torch.equal(plan[0].gather, want[0].gather) and torch.equal(plan[1].scatter, want[1].scatter)
         x = torch.randn(3, 3, 64, 64)
@@ -73,8 +74,8 @@ def test_engine_with_static_shapes_and_worker_plans_equals_planning_in_the_step(
 
 
 def test_every_model_kind_trains_from_the_collated_batches(tmp_path):
-    """Dense SimMIM (plans = a validated-mask marker) and green Twins (it plans in its forward:
-    plans = None) train from the worker-made batches too."""
+    """Dense SimMIM and green Twins (it plans in its forward) train from the worker-made batches
+    too (plans None, the mask a UnitMask)."""
     import json
     import os
     from greenmim.config import load_config

@@ -148,7 +148,7 @@ def test_mask_token_path_and_grad_checkpointing():
         got = enc(x, mask, mask_token=token)
         patches = enc.patch_embeds[0](x)
         tm = mask.repeat_interleave(8, 1).repeat_interleave(8, 2).unsqueeze(-1)
-        want = enc._forward_dense(torch.where(tm, token.view(1, 1, 1, -1), patches))
+        want = enc.forward_dense(torch.where(tm, token.view(1, 1, 1, -1), patches))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     plain = enc(x, mask)

@@ -5,6 +5,7 @@ visible units, so visible tokens of a batch stack into dense [B, N, C] tensors a
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -62,6 +63,10 @@ class MaskGenerator:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["rng"])
 
+    def draw(self, batch_size: int) -> "UnitMask":
+        """The next mask as a UnitMask: valid by construction, shared flag known (no checks later)."""
+        return UnitMask(self(batch_size), self.shared)
+
     def __call__(self, batch_size: int) -> torch.Tensor:
         """Returns a bool mask [batch_size, rows, cols], True = masked (on the CPU)."""
         draws = 1 if self.shared else batch_size
@@ -92,3 +97,48 @@ def check_mask(mask: torch.Tensor, batch_size: int, grid: Tuple[int, int]) -> in
     if int(visible[0]) == 0:
         raise ValueError("the mask hides every unit; keep at least one unit visible")
     return int(visible[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitMask:
+    """A unit mask checked once, carrying what the check found, so models downstream neither check
+    it again nor compare samples to find out whether the batch shares one mask.
+
+    Attributes:
+        mask: bool [B, Hu, Wu], True = masked, the same visible count in every sample.
+        shared: every sample has the same mask (the sparse path then plans one sample).
+    Make one with MaskGenerator.draw or as_unit_mask; models take it wherever they take a mask.
+    """
+    mask: torch.Tensor
+    shared: bool
+
+    @property
+    def plan_mask(self) -> torch.Tensor:
+        """The masks to plan from: [1, Hu, Wu] when shared, else [B, Hu, Wu]."""
+        return self.mask[:1] if self.shared else self.mask
+
+    def to(self, device, non_blocking: bool = False) -> "UnitMask":
+        return UnitMask(self.mask.to(device, non_blocking=non_blocking), self.shared)
+
+    def pin_memory(self) -> "UnitMask":  # DataLoader(pin_memory=True) calls this
+        return UnitMask(self.mask.pin_memory(), self.shared)
+
+
+def as_unit_mask(mask: Union[torch.Tensor, UnitMask], batch_size: int, grid: Tuple[int, int],
+                 plans: Optional[dict] = None) -> UnitMask:
+    """The one place a model checks its mask argument.
+
+    A UnitMask was checked when it was made: only its shape is compared here. A bool tensor that
+    comes with plans was checked where it was planned: shape only, and `shared` is read off the
+    plans (one planned sample). Any other tensor is checked here, with one host read that also
+    finds whether every sample has the same mask.
+    """
+    if isinstance(mask, UnitMask):
+        check_mask_shape(mask.mask, batch_size, grid)
+        return mask
+    if plans is not None:
+        check_mask_shape(mask, batch_size, grid)
+        return UnitMask(mask, plans["plan_samples"] == 1)
+    host = mask.cpu()  # the one device -> host copy, when the mask lives on a GPU
+    check_mask(host, batch_size, grid)
+    return UnitMask(mask, bool((host == host[:1]).all()))

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from . import dist as gdist
-from ..models.encoder_input import map_tensors
+from ..models.tensor_tree import map_tensors
 
 
 def _tensors(obj) -> List[torch.Tensor]:

@@ -1,6 +1,6 @@
 """Masks and plans made in the DataLoader workers, off the training step's critical path.
 
-A batch of the pretraining loader is (images [B, 3, H, W], mask bool [B, Hu, Wu], plans): the
+A batch of the pretraining loader is (images [B, 3, H, W], mask: a UnitMask [B, Hu, Wu], plans): the
 collate function draws the mask and, for encoders with a planner, builds the sparse path's plans
 in the worker that loaded the images, so the main process only copies them to the device
 (pinned, non-blocking) and the GPU never waits for planning.
@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
-from ..data.masking import MaskGenerator
+from ..data.masking import MaskGenerator, UnitMask
 
 
 def mask_seed(seed: int, epoch: int, index: int) -> int:
@@ -44,16 +44,14 @@ class MaskCollator:
         img_size, ratio, shared: as MaskGenerator.
         seed: the run's seed.
         planner: picklable callable unit_mask [P, Hu, Wu] -> plans (the encoder's `planner()`),
-            or None: plans are then {"plan_samples": P} (a dense model: the mask was validated
-            here, so the model need not look at its values), or None with plan_in_model (an
-            encoder that plans in its own forward, e.g. Twins).
+            or None (plans None: dense models, and encoders that plan in their forward, e.g.
+            Twins). The mask is a UnitMask either way, so no model looks at its values again.
     """
 
     def __init__(self, img_size, ratio: float, shared: bool, seed: int,
-                 planner: Optional[Callable[[torch.Tensor], dict]] = None, plan_in_model: bool = False):
+                 planner: Optional[Callable[[torch.Tensor], dict]] = None):
         self.generator = MaskGenerator(img_size, ratio, shared, seed=0)
         self.seed, self.shared, self.planner = int(seed), bool(shared), planner
-        self.plan_in_model = bool(plan_in_model)
 
     def masks(self, keys: Sequence[Tuple[int, int]]) -> torch.Tensor:
         """bool [len(keys), Hu, Wu], True = masked."""
@@ -71,12 +69,8 @@ class MaskCollator:
     def __call__(self, items: List[Tuple[Tuple[int, int], torch.Tensor]]):
         keys = [k for k, _ in items]
         images = torch.stack([img for _, img in items])
-        mask = self.masks(keys)
-        plan_mask = mask[:1] if self.shared else mask
-        if self.planner is not None:
-            plans = self.planner(plan_mask)
-        else:
-            plans = None if self.plan_in_model else {"plan_samples": plan_mask.shape[0]}
+        mask = UnitMask(self.masks(keys), self.shared)  # valid by construction: no checks later
+        plans = self.planner(mask.plan_mask) if self.planner is not None else None
         return images, mask, plans
 
 
@@ -87,4 +81,4 @@ def collator_for(model: torch.nn.Module, img_size, ratio: float, shared: bool, s
     from ..models.mim import GreenMIM
     green = isinstance(model, GreenMIM)
     planner = model.encoder.planner() if green and hasattr(model.encoder, "planner") else None
-    return MaskCollator(img_size, ratio, shared, seed, planner, plan_in_model=green and planner is None)
+    return MaskCollator(img_size, ratio, shared, seed, planner)

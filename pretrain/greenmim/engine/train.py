@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import UserError
-from ..data.masking import MaskGenerator
+from ..data.masking import MaskGenerator, UnitMask
 from . import dist as gdist
 from . import faults
 from .logger import TrainLogger
@@ -71,14 +71,15 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (int(seed) * 1_000_003 + int(step) * 65_537 + int(rank) * 7_919 + 12_345) % (2 ** 63)
 
 
-def draw_masks(generator: MaskGenerator, micro_batch: int, world_size: int, rank: int) -> torch.Tensor:
-    """This rank's masks [micro_batch, rows, cols]. Every rank advances the (identically seeded)
-    generator the same way: per-sample masks are drawn for the global micro-batch and sliced, so
-    N processes use exactly the masks one process would; shared masks are one per process."""
+def draw_masks(generator: MaskGenerator, micro_batch: int, world_size: int, rank: int) -> UnitMask:
+    """This rank's masks [micro_batch, rows, cols] (checked, with the generator's shared flag).
+    Every rank advances the (identically seeded) generator the same way: per-sample masks are
+    drawn for the global micro-batch and sliced, so N processes use exactly the masks one process
+    would; shared masks are one per process."""
     if generator.shared:
-        masks = [generator(micro_batch) for _ in range(world_size)]
+        masks = [generator.draw(micro_batch) for _ in range(world_size)]
         return masks[rank]
-    return generator(micro_batch * world_size)[rank * micro_batch:(rank + 1) * micro_batch]
+    return UnitMask(generator(micro_batch * world_size)[rank * micro_batch:(rank + 1) * micro_batch], False)
 
 
 def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

@@ -5,7 +5,8 @@ Like MAE's model, it returns its own loss, so the engine stays generic:
     out = model(images, mask)      # images [B, 3, H, W] normalised, mask bool [B, H/32, W/32]
     out["loss"].backward()
 
-The mask is data: the engine draws it once per step (MaskGenerator) and passes it in.
+The mask is data: the engine draws it once per step (MaskGenerator.draw: a UnitMask, which says
+whether the batch shares it) and passes it in; a plain bool tensor is checked here, once.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, mask_grid_size
+from ..data.masking import MASK_UNIT, UnitMask, as_unit_mask, mask_grid_size
 from .decoder import MIMDecoder
 
 
@@ -88,34 +89,40 @@ class GreenMIM(nn.Module):
         names = {"encoder." + n for n in getattr(self.encoder, "no_weight_decay", lambda: set())()}
         return names | {"decoder.mask_token"}
 
-    def predict(self, images: torch.Tensor, mask: torch.Tensor, plans: Optional[dict] = None) -> torch.Tensor:
-        """[B, L, unit*unit*C] predicted (normalised, with norm_pix_loss) pixels of every unit.
-        plans: the encoder planner's result for this mask, made ahead (then nothing here waits
-        for the host: the mask was validated where it was planned)."""
-        b, _, h, w = images.shape
-        grid = mask_grid_size((h, w), self.unit)
-        check_mask(mask, b, grid) if plans is None else check_mask_shape(mask, b, grid)
-        # The encoder plans its sparse layout on the host: hand it the mask where it is (the engine
-        # keeps masks on the CPU, so no device->host sync); the decoder needs it on the device.
+    def _encode_decode(self, images: torch.Tensor, mask: UnitMask, plans: Optional[dict]) -> torch.Tensor:
+        # The encoder plans its sparse layout on the host: it gets the mask where it is (the engine
+        # keeps masks on the CPU, so no device->host sync); the decoder gets it on the device.
         latent = self.encoder(images, mask, plans=plans)[-1]
-        return self.decoder(self.encoder.norm(latent), mask.to(latent.device, non_blocking=True))
+        return self.decoder(self.encoder.norm(latent), mask.mask.to(latent.device, non_blocking=True))
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor,
-                plans: Optional[dict] = None) -> Dict[str, torch.Tensor]:
-        """Returns {"loss": scalar, "pred": [B, L, unit*unit*C], "mask": mask}.
-        The mask may live on the CPU (preferred: no host sync) or on the images' device; plans as
-        in predict."""
-        pred = self.predict(images, mask, plans)
-        loss = masked_unit_mse(pred, images, mask.to(pred.device, non_blocking=True),
-                               self.norm_pix_loss, self.unit)
-        return {"loss": loss, "pred": pred, "mask": mask}
+    def _unit_mask(self, images: torch.Tensor, mask, plans: Optional[dict]) -> UnitMask:
+        b, _, h, w = images.shape
+        return as_unit_mask(mask, b, mask_grid_size((h, w), self.unit), plans)
+
+    def predict(self, images: torch.Tensor, mask, plans: Optional[dict] = None) -> torch.Tensor:
+        """[B, L, unit*unit*C] predicted (normalised, with norm_pix_loss) pixels of every unit.
+        mask: bool [B, H/32, W/32] or a UnitMask. plans: the encoder planner's result for this
+        mask, made ahead (then nothing here waits for the host: the mask was checked where it was
+        planned)."""
+        return self._encode_decode(images, self._unit_mask(images, mask, plans), plans)
+
+    def forward(self, images: torch.Tensor, mask, plans: Optional[dict] = None) -> Dict[str, torch.Tensor]:
+        """Returns {"loss": scalar, "pred": [B, L, unit*unit*C], "mask": bool [B, Hu, Wu] on the
+        images' device}. The mask (a bool tensor or a UnitMask) may live on the CPU (preferred: no
+        host sync) or on the images' device; plans as in predict."""
+        unit_mask = self._unit_mask(images, mask, plans)
+        pred = self._encode_decode(images, unit_mask, plans)
+        on_device = unit_mask.mask.to(pred.device, non_blocking=True)
+        loss = masked_unit_mse(pred, images, on_device, self.norm_pix_loss, self.unit)
+        return {"loss": loss, "pred": pred, "mask": on_device}
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Prediction in the input's (normalised image) space, [B, C, H, W]: each unit's
         normalised prediction is mapped back with the true unit's mean and std."""
-        pred = self.predict(images, mask).float()
+        unit_mask = self._unit_mask(images, mask, None)
+        pred = self._encode_decode(images, unit_mask, None).float()
         if self.norm_pix_loss:
             mean, std = unit_statistics(images, self.unit)
             pred = pred * std + mean
-        return unpatchify(pred, mask.shape[1:], self.unit)
+        return unpatchify(pred, unit_mask.mask.shape[1:], self.unit)

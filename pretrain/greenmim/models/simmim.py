@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, mask_grid_size, upsample_mask
+from ..data.masking import MASK_UNIT, UnitMask, as_unit_mask, mask_grid_size, upsample_mask
 from .mim import masked_unit_mse, patchify, unit_statistics, unpatchify
 
 
@@ -54,24 +54,29 @@ class SimMIM(nn.Module):
         names = {"encoder." + n for n in getattr(self.encoder, "no_weight_decay", lambda: set())()}
         return names | {"mask_token"}
 
-    def predict_pixels(self, images: torch.Tensor, mask: torch.Tensor,
-                       plans: Optional[dict] = None) -> torch.Tensor:
-        """[B, C, H, W] predicted pixels of the whole image. plans: the dense model needs none;
-        a dict (what the engine's mask collator hands every model) means the mask was validated
-        where it was drawn, so nothing here waits for the host."""
+    def _device_mask(self, images: torch.Tensor, mask, plans: Optional[dict]) -> UnitMask:
+        """The mask checked once (a UnitMask, or a tensor with plans, was checked where it was
+        drawn: nothing here waits for the host), on the images' device."""
         b, _, h, w = images.shape
-        grid = mask_grid_size((h, w), self.unit)
-        check_mask(mask, b, grid) if plans is None else check_mask_shape(mask, b, grid)
-        mask = mask.to(images.device, non_blocking=True)
+        return as_unit_mask(mask, b, mask_grid_size((h, w), self.unit), plans).to(images.device, non_blocking=True)
+
+    def _pixels(self, images: torch.Tensor, mask: UnitMask) -> torch.Tensor:
         z = self.encoder(images, mask, mask_token=self.mask_token)[-1]        # [B, C4, H/32, W/32]
         z = self.encoder.norm(z.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)      # Swin's final norm
         return self.decoder(z)
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor,
-                plans: Optional[dict] = None) -> Dict[str, torch.Tensor]:
-        """Returns {"loss": scalar, "pred": [B, C, H, W] pixels, "mask": mask}."""
-        rec = self.predict_pixels(images, mask, plans)
-        mask = mask.to(images.device, non_blocking=True)
+    def predict_pixels(self, images: torch.Tensor, mask, plans: Optional[dict] = None) -> torch.Tensor:
+        """[B, C, H, W] predicted pixels of the whole image. mask: bool [B, H/32, W/32] or a
+        UnitMask; plans: the dense model needs none (a dict means the mask was checked where it
+        was drawn)."""
+        return self._pixels(images, self._device_mask(images, mask, plans))
+
+    def forward(self, images: torch.Tensor, mask, plans: Optional[dict] = None) -> Dict[str, torch.Tensor]:
+        """Returns {"loss": scalar, "pred": [B, C, H, W] pixels, "mask": bool [B, Hu, Wu] on the
+        images' device}."""
+        unit_mask = self._device_mask(images, mask, plans)
+        rec = self._pixels(images, unit_mask)
+        mask = unit_mask.mask
         if self.loss_type == "l1":
             pix_mask = upsample_mask(mask, self.unit)
             pix_mask = pix_mask.unsqueeze(1).to(torch.float32)
@@ -84,9 +89,10 @@ class SimMIM(nn.Module):
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Prediction in the input's (normalised image) space, [B, C, H, W]."""
-        rec = self.predict_pixels(images, mask).float()
+        unit_mask = self._device_mask(images, mask, None)
+        rec = self._pixels(images, unit_mask).float()
         if self.loss_type == "norm_pix_mse":
             mean, std = unit_statistics(images, self.unit)
             rec = patchify(rec, self.unit) * std + mean
-            rec = unpatchify(rec, mask.shape[1:], self.unit)
+            rec = unpatchify(rec, unit_mask.mask.shape[1:], self.unit)
         return rec

@@ -1,10 +1,5 @@
-"""Green Swin Transformer: one encoder, a dense path for detection and a sparse path for MIM.
-
-    encoder(images)                       -> [B, C_i, H/2^(i+2), W/2^(i+2)] for i = 0..3 (dense)
-    encoder(images, mask)                 -> [B, N_i, C_i] visible tokens, row-major (sparse)
-    encoder(images, mask, mask_token=t)   -> dense maps with masked patches replaced by t (SimMIM)
-
-mask: bool [B, H/32, W/32], True = masked 32 px unit, the same visible count in every sample.
+"""Green Swin Transformer: one encoder, a dense path for detection and a sparse path for MIM
+(the forward contract is GreenEncoder's, encoder_base.py).
 State-dict keys follow the original Swin layout, so public Swin / SimMIM / GreenMIM weights load.
 """
 from __future__ import annotations
@@ -19,16 +14,14 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from timm.layers import PatchEmbed
 
-from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, upsample_mask
+from ..data.masking import MASK_UNIT, check_mask, upsample_mask
 from .swin_blocks import PatchMerging, SwinBlock
-from .encoder_input import MaskedImageInput, init_transformer_weights, plans_to  # noqa: F401  (plans_to: public here too)
+from .encoder_base import ATTENTION_MODES, GreenEncoder, check_img_size, pair
+from .tensor_tree import plans_to  # noqa: F401  (public here too)
 from .token_layout import gather_tokens, merge_index, stage_layouts
 from .ragged_plan import RaggedPlan
 from .static_shapes import static_shapes_for
 from .window_plans import GroupPlan, PlanOverflow, WindowPlan, compute_dtype
-
-ATTENTION_MODES = ("auto", "group", "ragged")
-
 
 @functools.lru_cache(maxsize=64)  # detection sees a handful of padded sizes: build each once
 def _window_plan(height: int, width: int, window: int, shift: int, device: torch.device) -> WindowPlan:
@@ -89,10 +82,6 @@ class SparsePlanner:
         return attention
 
 
-def _pair(v) -> Tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 class SwinStage(nn.Module):
     """A stage's blocks followed (except in the last stage) by patch merging, as in Swin's BasicLayer."""
 
@@ -134,7 +123,7 @@ class SwinStage(nn.Module):
         return x
 
 
-class GreenSwinTransformer(MaskedImageInput, nn.Module):
+class GreenSwinTransformer(GreenEncoder):
     """Swin Transformer encoder that can compute on visible tokens only.
 
     Args:
@@ -163,10 +152,8 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
                              "attn_mode 'group' or 'auto', not 'ragged'")
         self.attn_mode = attn_mode
         self.static_shapes = bool(static_shapes)
-        self.img_size = _pair(img_size)
-        for s in self.img_size:
-            if s <= 0 or s % MASK_UNIT:
-                raise ValueError(f"img_size {self.img_size} must be positive multiples of {MASK_UNIT}")
+        self.img_size = pair(img_size)
+        check_img_size(self.img_size)
         if MASK_UNIT % (patch_size * 2 ** (len(depths) - 1)):
             raise ValueError(f"patch_size {patch_size} with {len(depths)} stages does not align "
                              f"with the {MASK_UNIT} px mask unit")
@@ -190,32 +177,16 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
                 self.num_features[i], depth, heads, win, shift, mlp_ratio, qkv_bias,
                 dpr[sum(depths[:i]): sum(depths[: i + 1])], downsample=i < len(depths) - 1))
         self.norm = nn.LayerNorm(self.num_features[-1])  # Swin's final norm; used by MIM decoders
-        self.apply(self._init_weights)
+        self.init_weights()
 
-    _init_weights = staticmethod(init_transformer_weights)
+    no_decay_keywords = ("relative_position_bias_table",)
 
-    # ---- timm-style model surface -------------------------------------------------------------
-    def no_weight_decay_keywords(self) -> set:
-        return {"relative_position_bias_table"}
+    # ---- timm-style model surface (the rest is GreenEncoder's) ---------------------------------
+    def stem_module(self) -> nn.Module:
+        return self.patch_embed
 
-    def no_weight_decay(self) -> set:
-        return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
-
-    def frozen_modules(self, frozen_stages: int) -> List[nn.Module]:
-        """Modules to freeze for detection: 0 = the patch embedding, k >= 1 also stages 0..k-1
-        (each with the patch merging that leaves it, the mmdet / Swin convention)."""
-        modules: List[nn.Module] = [self.patch_embed] if frozen_stages >= 0 else []
-        return modules + [self.layers[i] for i in range(max(frozen_stages, 0))]
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.layers:
-            stage.grad_checkpointing = enable
-
-    @property
-    def num_layers(self) -> int:
-        """Layer-decay depth: encoder parameters have ids 0 .. num_layers - 1, whatever sits on
-        top of the encoder (a classifier head, FPN) has id num_layers."""
-        return sum(self.depths) + 1
+    def stage_modules(self, i: int) -> List[nn.Module]:
+        return [self.layers[i]]  # its blocks and the patch merging that leaves it
 
     def layer_id(self, name: str) -> int:
         """Layer-decay id of a parameter name (relative to the encoder): patch_embed is 0, block j
@@ -232,30 +203,11 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
                 return sum(self.depths[: i + 1])
         return sum(self.depths)
 
-    # ---- forward --------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                mask_token: Optional[torch.Tensor] = None, plans: Optional[dict] = None) -> List[torch.Tensor]:
-        """plans: optional result of `self.planner()(mask or mask[:1])`, made ahead (e.g. in a
-        DataLoader worker); by default the sparse path plans here, once per call."""
-        self._check_images(images)
-        if mask is None:
-            return self._forward_dense(self.patch_embed(images))  # patch_embed: [B, H/4, W/4, C]
-        if plans is None:
-            check_mask(mask, images.shape[0], self._unit_grid(images))
-        else:  # the planner validated the mask's values where it planned: no host sync here
-            check_mask_shape(mask, images.shape[0], self._unit_grid(images))
-        if mask_token is not None:
-            return self._forward_dense(self._replace_masked(self.patch_embed(images), mask, mask_token))
-        return self._forward_sparse(images, mask, plans)
+    # ---- forward (dispatch: GreenEncoder.forward) -----------------------------------------------
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.patch_embed(images)  # [B, H/4, W/4, C]
 
-    def forward_masked_reference(self, images: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
-        """Dense path with masked tokens removed from every attention's keys: what the sparse path
-        must equal at visible positions. Slow (computes masked tokens too); for tests."""
-        self._check_images(images)
-        check_mask(mask, images.shape[0], self._unit_grid(images))
-        return self._forward_dense(self.patch_embed(images), unit_mask=mask)
-
-    def _forward_dense(self, x: torch.Tensor, unit_mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    def forward_dense(self, x: torch.Tensor, unit_mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         outs = []
         for i, stage in enumerate(self.layers):
             b, h, w, _ = x.shape
@@ -272,9 +224,7 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
                 x = stage.downsample(x)
         return outs
 
-    def _forward_sparse(self, images: torch.Tensor, mask: torch.Tensor,
-                        plans: Optional[dict] = None) -> List[torch.Tensor]:
-        plans = self._sparse_plans(images, mask, plans)
+    def forward_sparse(self, images: torch.Tensor, plans: dict) -> List[torch.Tensor]:
         p = plans["plan_samples"]
         b = images.shape[0]
         # Tokens travel as one [B*N, C] matrix: every linear layer is then a single addmm, with no
@@ -306,6 +256,6 @@ class GreenSwinTransformer(MaskedImageInput, nn.Module):
 
     def plan_sparse(self, unit_mask: torch.Tensor, device=None) -> dict:
         """Every index the sparse path needs, from a unit mask [P, Hu, Wu] (P = 1: shared by the
-        batch). Made once per step on the host; blocks only read it."""
+        batch). Made once per step on the host; blocks only read it (SparsePlanner.__call__)."""
         return self.planner()(unit_mask, device)
 

@@ -1,13 +1,7 @@
 """Green Twins-SVT: one encoder, a dense path for detection and a sparse path for MIM.
 
-    encoder(images)                       -> [B, C_i, H/2^(i+2), W/2^(i+2)] for i = 0..3 (dense)
-    encoder(images, mask)                 -> [B, N_i, C_i] visible tokens, row-major (sparse)
-    encoder(images, mask, mask_token=t)   -> dense maps with masked patches replaced by t (SimMIM)
-    encoder.forward_masked_reference(images, mask)  dense maps the sparse path equals where visible
-
-mask: bool [B, H/32, W/32], True = masked 32 px unit, the same visible count in every sample.
-Same public contract as GreenSwinTransformer, so GreenMIM, SimMIM and the Detectron2 backbone use
-it unchanged.
+Same forward contract as GreenSwinTransformer (GreenEncoder's, encoder_base.py), so GreenMIM,
+SimMIM and the Detectron2 backbone use it unchanged.
 
 A stage (Chu et al., "Twins", 2021) is: patch embedding (conv, kernel = stride = 4 for the first
 stage, 2 after; LayerNorm), block 0, PEG, blocks 1..; blocks alternate LSA (window attention,
@@ -22,23 +16,21 @@ blocks.i.j, pos_block.i, norm; no classification head), so their checkpoints loa
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.utils.checkpoint as cp
 from torch import nn
 
-from ..data.masking import MASK_UNIT, check_mask, check_mask_shape, upsample_mask
+from ..data.masking import MASK_UNIT, upsample_mask
 from .ragged_plan import RaggedPlan
 from .sparse_conv import (SPARSE_CONV_BACKENDS, SparseSites, StridedConvPlan, embed_visible_patches,
                           recompute_in_backward, strided_conv)
-from .encoder_input import MaskedImageInput, init_transformer_weights
+from .encoder_base import ATTENTION_MODES, GreenEncoder, check_img_size, init_transformer_weights, pair
 from .token_layout import stage_layouts
 from .twins_blocks import BlockNorm, PosConv, TwinsBlock, TwinsPatchEmbed
 from .twins_plans import DenseStage, SparseStage, dense_kv_mask
 from .window_plans import GroupPlan
-
-ATTENTION_MODES = ("auto", "group", "ragged")
 
 # Published Twins-SVT sizes (Chu et al. 2021, Table 2; timm twins_svt_*): widths double per stage.
 TWINS_ARCHS: Dict[str, dict] = {
@@ -48,11 +40,7 @@ TWINS_ARCHS: Dict[str, dict] = {
 }
 
 
-def _pair(v) -> Tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-class GreenTwinsSVT(MaskedImageInput, nn.Module):
+class GreenTwinsSVT(GreenEncoder):
     """Twins-SVT encoder that can compute on visible tokens only.
 
     Args:
@@ -75,7 +63,7 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
                  sr_ratios: Sequence[int] = (8, 4, 2, 1), window_size: int = 7, mlp_ratio: float = 4.0,
                  drop_path_rate: float = 0.0, attn_mode: str = "auto", conv_backend: str = "auto"):
         super().__init__()
-        self.img_size = _pair(img_size)
+        self.img_size = pair(img_size)
         self.depths, self.num_heads, self.sr_ratios = tuple(depths), tuple(num_heads), tuple(sr_ratios)
         self._check_args(patch_size, window_size, attn_mode, conv_backend)
         self.attn_mode, self.conv_backend = attn_mode, conv_backend
@@ -100,7 +88,7 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
         self.pos_block = nn.ModuleList(PosConv(c) for c in self.num_features)
         self.norm = BlockNorm(self.num_features[-1])  # Twins' final norm; used by MIM decoders
         self.grad_checkpointing = False
-        self.apply(self._init_weights)
+        self.init_weights()
 
     def _check_args(self, patch_size: int, window_size: int, attn_mode: str, conv_backend: str) -> None:
         n = len(self.depths)
@@ -113,9 +101,7 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
                              f"{self.sr_ratios} need one entry per stage")
         if window_size < 1:
             raise ValueError(f"window_size must be >= 1, got {window_size}")
-        for s in self.img_size:
-            if s <= 0 or s % MASK_UNIT:
-                raise ValueError(f"img_size {self.img_size} must be positive multiples of {MASK_UNIT}")
+        check_img_size(self.img_size)
         for i, sr in enumerate(self.sr_ratios):
             stride = patch_size * 2 ** i
             if sr < 1 or MASK_UNIT % (stride * sr):
@@ -132,18 +118,9 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    # ---- timm-style model surface -------------------------------------------------------------
-    def no_weight_decay(self) -> set:
-        return {"pos_block." + n for n, _ in self.pos_block.named_parameters()}
+    no_decay_keywords = ("pos_block.",)  # the PEG's depthwise convs, as Twins trains them
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @property
-    def num_layers(self) -> int:
-        """Layer-decay depth: encoder ids are 0 .. num_layers - 1, what sits on top gets num_layers."""
-        return sum(self.depths) + 1
-
+    # ---- timm-style model surface (the rest is GreenEncoder's) ---------------------------------
     def layer_id(self, name: str) -> int:
         """Layer-decay id of a parameter name: patch_embeds.0 is 0, block j of stage i is
         sum(depths[:i]) + j + 1, a stage's PEG shares block 0's id, the patch embedding into stage
@@ -159,37 +136,17 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
             return sum(self.depths[: int(parts[1])]) + 1
         return sum(self.depths)
 
-    def frozen_modules(self, frozen_stages: int) -> List[nn.Module]:
-        """Modules to freeze for detection: 0 = the first patch embedding, k >= 1 also stages
-        0..k-1 (blocks, PEG and the patch embedding that leaves them)."""
-        modules: List[nn.Module] = [self.patch_embeds[0]] if frozen_stages >= 0 else []
-        for i in range(max(frozen_stages, 0)):
-            modules += [self.blocks[i], self.pos_block[i]]
-            if i + 1 < len(self.depths):
-                modules.append(self.patch_embeds[i + 1])
-        return modules
+    def stem_module(self) -> nn.Module:
+        return self.patch_embeds[0]
 
-    # ---- forward --------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                mask_token: Optional[torch.Tensor] = None, plans: Optional[dict] = None) -> List[torch.Tensor]:
-        """plans: optional result of `self.plan_sparse(mask or mask[:1], device)`, made ahead."""
-        self._check_images(images)
-        if mask is None:
-            return self._forward_dense(self.patch_embeds[0](images))  # [B, H/4, W/4, C]
-        if plans is None:
-            check_mask(mask, images.shape[0], self._unit_grid(images))
-        else:  # validated where it was planned
-            check_mask_shape(mask, images.shape[0], self._unit_grid(images))
-        if mask_token is not None:
-            return self._forward_dense(self._replace_masked(self.patch_embeds[0](images), mask, mask_token))
-        return self._forward_sparse(images, mask, plans)
+    def stage_modules(self, i: int) -> List[nn.Module]:
+        """Stage i's blocks and PEG, and the patch embedding that leaves it."""
+        leaving = [self.patch_embeds[i + 1]] if i + 1 < len(self.depths) else []
+        return [self.blocks[i], self.pos_block[i], *leaving]
 
-    def forward_masked_reference(self, images: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
-        """Dense path with masked tokens removed from every attention's keys and zeroed for the PEG:
-        what the sparse path must equal at visible positions. Slow; for tests."""
-        self._check_images(images)
-        check_mask(mask, images.shape[0], self._unit_grid(images))
-        return self._forward_dense(self.patch_embeds[0](images), unit_mask=mask)
+    # ---- forward (dispatch: GreenEncoder.forward) -----------------------------------------------
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.patch_embeds[0](images)  # [B, H/4, W/4, C]
 
     def _run_stage(self, i: int, x: torch.Tensor, ctx) -> torch.Tensor:
         for j, block in enumerate(self.blocks[i]):
@@ -201,7 +158,7 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
                 x = self.pos_block[i](x, ctx)  # PEG after the first block, as in Twins
         return x
 
-    def _forward_dense(self, x: torch.Tensor, unit_mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    def forward_dense(self, x: torch.Tensor, unit_mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         outs = []
         for i in range(len(self.depths)):
             if i > 0:
@@ -218,9 +175,7 @@ class GreenTwinsSVT(MaskedImageInput, nn.Module):
             outs.append(x.permute(0, 3, 1, 2).contiguous())
         return outs
 
-    def _forward_sparse(self, images: torch.Tensor, mask: torch.Tensor,
-                        plans: Optional[dict] = None) -> List[torch.Tensor]:
-        plans = self._sparse_plans(images, mask, plans)
+    def forward_sparse(self, images: torch.Tensor, plans: dict) -> List[torch.Tensor]:
         p = plans["plan_samples"]
         embed0 = self.patch_embeds[0]
         x = embed0.norm(embed_visible_patches(images, embed0.proj, plans["embed_index"], p))

@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .encoder_input import map_tensors
+from .tensor_tree import map_tensors
 from .grouping import Grouping, pack_min_groups, plan_grouping
 
 
