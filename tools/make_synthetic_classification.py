@@ -5,6 +5,13 @@ its class (circle, rectangle, ...) is the label, on the demo's cluttered backgro
     python tools/make_synthetic_classification.py --out datasets/shapes_cls
     python tools/make_synthetic_classification.py --out /tmp/cls --train-per-class 8 --val-per-class 4 \
         --img-size 64 --classes circle,rectangle
+    python tools/make_synthetic_classification.py --out /tmp/cls --min-size 0.2 --inside   # a well-posed task
+
+The demo's look keeps shapes of 6-47% of the image side that may be cut by the border; at that
+scale a small shape among the clutter strokes is hard to tell apart (a 15 px star, a clipped
+triangle), so a small labelled set is not learnable. --min-size (a fraction of the image side, for
+the shape's longest visible extent) and --inside (the shape is not cut by the border) redraw such
+images instead.
 
 Layout (ImageNet style, what pretrain/main_finetune.py reads):
     out/train/<class>/000000.jpg ...   out/val/<class>/000000.jpg ...   out/DONE
@@ -24,22 +31,26 @@ from typing import Dict, Sequence
 import cv2
 import numpy as np
 
-try:
-    from greenmim.data.synthetic import CATEGORIES, SPLITS, render_image
-except ModuleNotFoundError as e:  # running from a checkout without `pip install -e .`
-    if e.name != "greenmim":
-        raise
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pretrain"))
-    from greenmim.data.synthetic import CATEGORIES, SPLITS, render_image
+from greenmim.data.synthetic import CATEGORIES, SPLITS, render_image
 
 FORMAT_VERSION = 1
 PLAIN_COLOURS = ((255, 60, 60), (60, 255, 60), (60, 60, 255), (255, 255, 60), (255, 60, 255))
 
 
+def _acceptable(bbox: Sequence[int], img_size: int, min_size: float, inside: bool) -> bool:
+    """Whether a shape with visible bbox [x, y, w, h] is large enough and, with `inside`, not
+    touching the image border (with one shape per image, touching it means cut by it)."""
+    x, y, w, h = bbox
+    if max(w, h) < min_size * img_size:
+        return False
+    return not inside or (x > 0 and y > 0 and x + w < img_size and y + h < img_size)
+
+
 def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str], img_size: int,
-                seed: int, plain: bool = False) -> Dict[str, int]:
+                seed: int, plain: bool = False, min_size: float = 0.0, inside: bool = False) -> Dict[str, int]:
     """Renders `per_class` single-shape images of each class into img_dir/<class>/ (plain: the
-    silhouette in a colour of its class on black, instead of textured shapes on clutter)."""
+    silhouette in a colour of its class on black, instead of textured shapes on clutter). Shapes
+    smaller than min_size * img_size or (inside) cut by the border are redrawn."""
     counts = {c: 0 for c in classes}
     for c in classes:
         os.makedirs(os.path.join(img_dir, c))
@@ -52,6 +63,8 @@ def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str]
             continue  # the shape was placed mostly out of frame: draw another
         name = CATEGORIES[anns[0]["category_id"] - 1]
         if name not in counts or counts[name] >= per_class:
+            continue
+        if not _acceptable(anns[0]["bbox"], img_size, min_size, inside):
             continue
         if plain:  # the silhouette in its class's colour: an easy task, for tests and smoke runs
             image = np.zeros_like(image)
@@ -72,7 +85,8 @@ def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str]
 
 def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_class: int = 20,
                               img_size: int = 192, seed: int = 0,
-                              classes: Sequence[str] = CATEGORIES, plain: bool = False) -> str:
+                              classes: Sequence[str] = CATEGORIES, plain: bool = False,
+                              min_size: float = 0.0, inside: bool = False) -> str:
     """Writes (or reuses) the split under out_dir; returns out_dir. Raises ValueError for bad
     arguments or a folder with train/ or val/ that this tool did not write."""
     classes = list(classes)
@@ -81,9 +95,14 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
         raise ValueError(f"classes must be two or more of {', '.join(CATEGORIES)}; got {classes}")
     if train_per_class < 1 or val_per_class < 1 or img_size < 32:
         raise ValueError("need train/val images per class >= 1 and img_size >= 32")
+    if not 0.0 <= min_size <= 0.4:
+        raise ValueError(f"min_size is a fraction of the image side in [0, 0.4] (shapes reach about 0.47), "
+                         f"got {min_size}")
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
     args = {"version": FORMAT_VERSION, "train_per_class": train_per_class, "val_per_class": val_per_class,
             "img_size": img_size, "seed": seed, "classes": classes, "plain": bool(plain)}
+    if min_size or inside:  # only then, so that splits written before these options are reused
+        args.update(min_size=float(min_size), inside=bool(inside))
     done = os.path.join(out_dir, "DONE")
     ours = [os.path.join(out_dir, s) for s in ("train", "val")]
     if os.path.isfile(done):
@@ -98,8 +117,8 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
         json.dump(args, f)
     for p in ours:
         shutil.rmtree(p, ignore_errors=True)
-    write_split(ours[0], "train", train_per_class, classes, img_size, seed, plain)
-    write_split(ours[1], "val", val_per_class, classes, img_size, seed, plain)
+    write_split(ours[0], "train", train_per_class, classes, img_size, seed, plain, min_size, inside)
+    write_split(ours[1], "val", val_per_class, classes, img_size, seed, plain, min_size, inside)
     with open(done + ".tmp", "w") as f:
         json.dump(args, f)
     os.replace(done + ".tmp", done)
@@ -117,10 +136,13 @@ def main(argv=None) -> int:
     p.add_argument("--classes", default=",".join(CATEGORIES), help="comma-separated subset of the shapes")
     p.add_argument("--plain", action="store_true",
                    help="silhouettes in a per-class colour on black (an easy task for tests) instead of the demo's look")
+    p.add_argument("--min-size", type=float, default=0.0,
+                   help="redraw shapes whose longest visible extent is below this fraction of the image side")
+    p.add_argument("--inside", action="store_true", help="redraw shapes cut by the image border")
     a = p.parse_args(argv)
     try:
         out = make_classification_split(a.out, a.train_per_class, a.val_per_class, a.img_size, a.seed,
-                                        [c for c in a.classes.split(",") if c], a.plain)
+                                        [c for c in a.classes.split(",") if c], a.plain, a.min_size, a.inside)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,46 @@
+"""tools/make_synthetic_classification.py: the --min-size / --inside options that make the demo's
+cluttered shapes a well-posed classification task, and their one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from test_finetune import load_tool
+
+gen = load_tool("make_synthetic_classification")
+
+
+def test_acceptable_rejects_small_and_border_cut_shapes():
+    assert gen._acceptable([10, 10, 30, 20], 100, 0.2, True)
+    assert not gen._acceptable([10, 10, 15, 19], 100, 0.2, False)   # longest extent 19 < 20 px
+    assert not gen._acceptable([0, 10, 30, 20], 100, 0.2, True)     # touches the left border
+    assert not gen._acceptable([10, 10, 30, 90], 100, 0.2, True)    # reaches the bottom border
+    assert gen._acceptable([0, 10, 30, 20], 100, 0.2, False)        # allowed without `inside`
+    assert gen._acceptable([40, 40, 5, 5], 100, 0.0, False)         # the demo's look: anything
+
+
+def test_min_size_split_is_written_and_reused(tmp_path):
+    out = str(tmp_path / "cls")
+    kw = dict(train_per_class=2, val_per_class=1, img_size=64, classes=["circle", "star"])
+    gen.make_classification_split(out, min_size=0.3, inside=True, **kw)
+    with open(os.path.join(out, "DONE")) as f:
+        assert json.load(f)["min_size"] == 0.3
+    for split, n in (("train", 2), ("val", 1)):
+        for c in ("circle", "star"):
+            assert len(os.listdir(os.path.join(out, split, c))) == n
+    stamp = os.path.getmtime(os.path.join(out, "train", "star", "000000.jpg"))
+    gen.make_classification_split(out, min_size=0.3, inside=True, **kw)  # same arguments: reused
+    assert os.path.getmtime(os.path.join(out, "train", "star", "000000.jpg")) == stamp
+    gen.make_classification_split(out, **kw)  # other arguments: rewritten, without the new keys
+    with open(os.path.join(out, "DONE")) as f:
+        assert "min_size" not in json.load(f)
+
+
+def test_bad_min_size_is_one_line(tmp_path, capsys):
+    assert gen.main(["--out", str(tmp_path / "x"), "--min-size", "0.6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: min_size") and "\n" not in err
+    with pytest.raises(ValueError, match="min_size"):
+        gen.make_classification_split(str(tmp_path / "y"), min_size=-0.1)
