@@ -90,7 +90,8 @@ def _parser_sources(path: str) -> List[str]:
     here = os.path.dirname(path)
     beside = [os.path.join(here, f"{m}.py") for m in sorted(names) if os.path.isfile(os.path.join(here, f"{m}.py"))]
     engine = os.path.join(REPO, "pretrain", "greenmim", "engine")
-    return [path] + beside + [os.path.join(engine, f) for f in sorted(os.listdir(engine)) if f.endswith(".py")]
+    shared = [os.path.join(REPO, "pretrain", "greenmim", "config.py")]  # config_argument_parser
+    return [path] + beside + shared + [os.path.join(engine, f) for f in sorted(os.listdir(engine)) if f.endswith(".py")]
 
 
 COMMANDS = _python_commands()

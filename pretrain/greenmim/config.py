@@ -8,6 +8,7 @@ strings), saved in checkpoints and loadable with torch.load(weights_only=True).
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import re
 import os
@@ -182,6 +183,16 @@ def parse_override(text: str) -> Dict[str, Any]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return out
+
+
+def config_argument_parser(description: str, example_config: str) -> argparse.ArgumentParser:
+    """The command line every program here shares: --config YAML, --print-config and trailing
+    key.sub=value overrides; a program adds its own flags to it."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help=f"YAML file, e.g. {example_config}")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    return p
 
 
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),

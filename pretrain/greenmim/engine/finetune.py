@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError, dump_config
+from ..config import ConfigError, config_argument_parser, dump_config
 from ..data.classification import SeededLabelledDataset, build_splits
 from . import checkpoint as ckpt
 from . import dist as gdist
@@ -41,14 +41,12 @@ BEST = "checkpoint-best.pth"
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="GreenMIM classification fine-tuning. Extra arguments key.sub=value override the "
-                    "config (e.g. data.path=/datasets/imagenet model.init=encoder.pth output_dir=out/ft).")
-    p.add_argument("--config", required=True, help="YAML file, e.g. configs/finetune/tiny_cpu.yaml")
+    p = config_argument_parser(
+        "GreenMIM classification fine-tuning. Extra arguments key.sub=value override the config "
+        "(e.g. data.path=/datasets/imagenet model.init=encoder.pth output_dir=out/ft).",
+        "configs/finetune/tiny_cpu.yaml")
     p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint on the val split")
     p.add_argument("--checkpoint", default=None, help="fine-tuned checkpoint for --eval-only")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
     return p.parse_intermixed_args(argv)
 
 

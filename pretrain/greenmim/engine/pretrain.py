@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from ..config import ConfigError, UserError, dump_config, load_config
+from ..config import ConfigError, UserError, config_argument_parser, dump_config, load_config
 from ..data.masking import MaskGenerator
 from . import checkpoint as ckpt
 from . import dist as gdist
@@ -38,12 +38,10 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="GreenMIM pretraining. Extra arguments key.sub=value override the config "
-                    "(e.g. data.path=/datasets/imagenet train.epochs=100 output_dir=out/run1).")
-    p.add_argument("--config", required=True, help="YAML file, e.g. configs/pretrain/tiny_cpu.yaml")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p = config_argument_parser(
+        "GreenMIM pretraining. Extra arguments key.sub=value override the config "
+        "(e.g. data.path=/datasets/imagenet train.epochs=100 output_dir=out/run1).",
+        "configs/pretrain/tiny_cpu.yaml")
     return p.parse_args(argv)
 
 
