@@ -25,7 +25,8 @@ from urllib.parse import quote, unquote
 
 import plot_curves  # beside this script
 
-from greenmim.engine.stages import StageRunner, fmt_time, write_json
+from greenmim.engine.stages import StageRunner, fmt_time
+from greenmim.json_files import write_json
 
 REPORT, CURVES = "report.md", "curves.png"
 MAX_DETECTION_PICTURES = 3

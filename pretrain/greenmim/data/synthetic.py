@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from ..json_files import read_json
+
 FORMAT_VERSION = 1  # bump when the drawing changes, so stale datasets are regenerated
 CATEGORIES = ("circle", "rectangle", "triangle", "star", "ellipse")
 TEXTURES = ("solid", "stripes", "noise", "gradient")
@@ -319,14 +321,6 @@ def _paths(out_dir: str) -> Dict[str, str]:
     }
 
 
-def _read_marker(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def generate_synthetic_coco(out_dir: str, num_train: int = 300, num_val: int = 60,
                             img_size: int = 256, seed: int = 0,
                             image_format: str = "jpg") -> Dict[str, str]:
@@ -360,7 +354,7 @@ def generate_synthetic_coco(out_dir: str, num_train: int = 300, num_val: int = 6
     done, busy = os.path.join(out_dir, "DONE"), os.path.join(out_dir, "IN_PROGRESS")
 
     ours = ("train", "val", "annotations")
-    if _read_marker(done) == args and not os.path.exists(busy):
+    if read_json(done) == args and not os.path.exists(busy):
         return paths  # a finished run with the same arguments
     if (not os.path.exists(done) and not os.path.exists(busy)
             and any(os.path.exists(os.path.join(out_dir, d)) for d in ours)):

@@ -14,7 +14,6 @@ that its stages declare they own.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import resource
@@ -25,6 +24,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
+
+from ..json_files import read_json, write_json
 
 
 class StageError(Exception):
@@ -89,24 +90,6 @@ class Stage:
 def _children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def read_json(path: str) -> Optional[Dict]:
-    """The JSON object in path, or None if it is missing or unreadable."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path: str, obj: Dict) -> None:
-    """Writes obj to path atomically (a reader never sees half a file)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def remove(path: str) -> None:
