@@ -26,8 +26,9 @@ def step(model, images, mask, plans):
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_compile_one_graph_for_all_masks_equal_to_eager(shared):
+@pytest.mark.parametrize("shared,unit_mask", [(True, False), (False, False), (True, True)],
+                         ids=["shared", "per-sample", "shared-UnitMask"])
+def test_compile_one_graph_for_all_masks_equal_to_eager(shared, unit_mask):
     torch._dynamo.reset()
     eager, model = build(), build()
     counter = CompileCounterWithBackend("aot_eager")
@@ -37,8 +38,8 @@ def test_compile_one_graph_for_all_masks_equal_to_eager(shared):
     images = torch.randn(2, 3, 128, 128, dtype=torch.float64)
     steps = 0
     while steps < 4:
-        mask = gen(2)
-        plans = planner(mask[:1] if shared else mask)
+        mask = gen.draw(2) if unit_mask else gen(2)  # a UnitMask: what the loader's workers make
+        plans = planner(mask.plan_mask if unit_mask else mask[:1] if shared else mask)
         if plans["static_fallback"]:
             continue
         loss_e, grads_e = step(eager, images, mask, plans)

@@ -90,14 +90,10 @@ class Case:
         planner = enc.planner() if kind == "green" and hasattr(enc, "planner") else None
         self.pool, self.plan_s = [], []
         for _ in range(4):  # as the loader's workers make them: masks and plans on the host
-            mask = gen(s["batch"])
+            mask = gen.draw(s["batch"])  # a UnitMask: checked once, here, as in the loader's workers
             t0 = time.perf_counter()
-            if planner is not None:
-                plans = planner(mask if per_sample else mask[:1])
-            elif kind == "green":  # Twins plans its sparse convolutions in the step
-                plans = None
-            else:  # the dense model needs no plan; a dict says the mask was validated
-                plans = {"plan_samples": s["batch"] if per_sample else 1}
+            # Twins plans its sparse convolutions in the step; the dense model needs no plan.
+            plans = planner(mask.plan_mask) if planner is not None else None
             self.plan_s.append(time.perf_counter() - t0)
             if plans is not None and plans.get("static_fallback"):
                 continue
