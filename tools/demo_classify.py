@@ -1,14 +1,21 @@
 #!/usr/bin/env python
-"""What pretraining buys a classifier, on the demo's shapes: configs/finetune/tiny_cpu.yaml from
-random init and from a green-pretrained encoder, with 100% and 10% of the labels.
+"""What pretraining buys a classifier, on the demo's shapes: configs/finetune/demo_shapes.yaml from
+random init, from a GreenMIM-pretrained and from a dense SimMIM-pretrained encoder (same epochs,
+both wall times reported), with 100% and 10% of the labels.
 
     python tools/demo_classify.py --out output/demo_classify
     python tools/demo_classify.py --out output/demo_classify --encoder output/demo/pretrain/encoder.pth
 
-Without --encoder it first pretrains configs/demo/pretrain_swin_demo.yaml (--pretrain-epochs) on the
-split's training images (labels unused). Every stage runs as its own program with
-OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep instead of spinning, which matters on a busy
-machine); finished stages are reused (their output folders resume). Prints a Markdown table and
+The data is a classification split of the demo's shapes on clutter (one shape per image, its class
+the label), with shapes of at least --min-size of the side and inside the frame. Both pretrainings
+run configs/demo/pretrain_swin_demo.yaml (SimMIM with model.type=simmim) at the fine-tuning
+config's size and window, for --pretrain-epochs on the split's training images, labels unused:
+the semi-supervised setting, where all images are seen unlabelled and 10% of them labelled.
+--encoder replaces the green pretraining by a given encoder.
+
+Every stage runs as its own program with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep
+instead of spinning, which matters on a busy machine) and --threads torch threads. Finished
+stages are reused with their recorded wall times (OUT/times.json). Prints a Markdown table and
 writes it to OUT/results.md.
 """
 from __future__ import annotations
@@ -21,67 +28,117 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FT_CFG = os.path.join(ROOT, "configs", "finetune", "demo_shapes.yaml")
+PRE_CFG = os.path.join(ROOT, "configs", "demo", "pretrain_swin_demo.yaml")
 
 
-def _stage(cmd, log_path: str) -> float:
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.join(ROOT, "pretrain"), env.get("PYTHONPATH")) if p)
-    t = time.time()
-    with open(log_path, "a") as log:
-        res = subprocess.run([sys.executable, *cmd], env=env, stdout=log, stderr=subprocess.STDOUT)
-    if res.returncode:
-        sys.exit(f"error: stage failed ({' '.join(cmd[:3])} ...), see {log_path}")
-    return time.time() - t
+class Stages:
+    """Runs stage programs with the demo's thread settings; remembers finished stages' seconds."""
+
+    def __init__(self, out: str, threads: int):
+        self.log = os.path.join(out, "stages.log")
+        self.times_path = os.path.join(out, "times.json")
+        self.times = {}
+        if os.path.isfile(self.times_path):
+            with open(self.times_path) as f:
+                self.times = json.load(f)
+        self.env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(threads),
+                        MKL_NUM_THREADS=str(threads))
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (os.path.join(ROOT, "pretrain"), self.env.get("PYTHONPATH")) if p)
+
+    def run(self, name: str, cmd, done: bool = False) -> float:
+        """Runs `cmd` (a script and its arguments) unless `done` and timed before; -> seconds."""
+        if done and name in self.times:
+            return self.times[name]
+        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+        t = time.time()
+        with open(self.log, "a") as log:
+            res = subprocess.run([sys.executable, *cmd], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        if res.returncode:
+            sys.exit(f"error: stage {name} failed (exit {res.returncode}), see {self.log}")
+        self.times[name] = time.time() - t
+        with open(self.times_path, "w") as f:
+            json.dump(self.times, f, indent=1)
+        return self.times[name]
 
 
-def _final(out_dir: str) -> dict:
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        rows = [json.loads(line) for line in f if '"val_acc1"' in line]
-    return rows[-1] if rows else {}
+def _epochs(out_dir: str) -> list:
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if '"val_acc1"' in line]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="output/demo_classify")
-    p.add_argument("--encoder", default=None, help="pretrained encoder (default: pretrain one here)")
-    p.add_argument("--pretrain-epochs", type=int, default=16)
-    p.add_argument("--train-per-class", type=int, default=40)
-    p.add_argument("--val-per-class", type=int, default=20)
+    p.add_argument("--encoder", default=None, help="a green-pretrained encoder (default: pretrain one here)")
+    p.add_argument("--no-simmim", action="store_true", help="skip the dense SimMIM baseline")
+    p.add_argument("--pretrain-epochs", type=int, default=12)
+    p.add_argument("--train-per-class", type=int, default=100)
+    p.add_argument("--val-per-class", type=int, default=50)
+    p.add_argument("--min-size", type=float, default=0.25, help="smallest shape, a fraction of the image side")
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs with 100%% of the labels")
-    p.add_argument("--epochs-10pct", type=int, default=50, help="fine-tuning epochs with 10%% of the labels")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="more tiny_cpu.yaml overrides")
+    p.add_argument("--epochs-10pct", type=int, default=60, help="fine-tuning epochs with 10%% of the labels")
+    p.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))),
+                   help="torch / OpenMP threads of every stage")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="more demo_shapes.yaml overrides")
     a = p.parse_args(argv)
+    from greenmim.config import ConfigError
+    from greenmim.engine.finetune_config import load_finetune_config
+    try:
+        cfg = load_finetune_config(FT_CFG, a.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    img, window = cfg["data"]["img_size"], cfg["model"]["encoder"]["window_size"]
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
-    log = os.path.join(out, "stages.log")
+    st = Stages(out, a.threads)
     data = os.path.join(out, "data")
-    _stage([os.path.join(ROOT, "tools", "make_synthetic_classification.py"), "--out", data,
-            "--train-per-class", str(a.train_per_class), "--val-per-class", str(a.val_per_class)], log)
-    encoder, pre_s = a.encoder, None
-    if encoder is None:
-        pre = os.path.join(out, "pretrain")
-        pre_s = _stage([os.path.join(ROOT, "pretrain", "main_pretrain.py"), "--config",
-                        os.path.join(ROOT, "configs", "demo", "pretrain_swin_demo.yaml"),
-                        f"data.path={data}/train", f"output_dir={pre}", f"train.epochs={a.pretrain_epochs}"], log)
+    st.run("data", [os.path.join(ROOT, "tools", "make_synthetic_classification.py"), "--out", data,
+                    "--train-per-class", str(a.train_per_class), "--val-per-class", str(a.val_per_class),
+                    "--img-size", str(img), "--min-size", str(a.min_size), "--inside"])
+
+    starts = [("random init", "rand", "", None)]
+    kinds = ([] if a.encoder else ["green"]) + ([] if a.no_simmim else ["simmim"])
+    if a.encoder:
+        starts.append(("green-pretrained (given)", "green", os.path.abspath(a.encoder), None))
+    for kind in kinds:
+        pre = os.path.join(out, f"pretrain_{kind}")
         encoder = os.path.join(pre, "encoder.pth")
+        secs = st.run(f"pretrain_{kind}", [
+            os.path.join(ROOT, "pretrain", "main_pretrain.py"), "--config", PRE_CFG, f"model.type={kind}",
+            f"data.path={data}/train", f"output_dir={pre}", f"train.epochs={a.pretrain_epochs}",
+            f"data.img_size={img}", f"model.encoder.window_size={window}", "log.progress_bar=false"],
+            done=os.path.isfile(encoder))
+        name = "GreenMIM-pretrained" if kind == "green" else "SimMIM-pretrained (dense)"
+        starts.append((name, kind, encoder, secs))
+
     rows = []
     for frac, epochs in ((1.0, a.epochs), (0.1, a.epochs_10pct)):
-        for name, init in (("random init", ""), ("green-pretrained", encoder)):
-            run_dir = os.path.join(out, f"ft_{'pre' if init else 'rand'}_{int(frac * 100)}pct")
-            secs = _stage([os.path.join(ROOT, "pretrain", "main_finetune.py"), "--config",
-                           os.path.join(ROOT, "configs", "finetune", "tiny_cpu.yaml"), f"data.path={data}",
-                           f"output_dir={run_dir}", f"model.init={init}", f"data.train_fraction={frac}",
-                           f"train.epochs={epochs}", f"train.batch_size={a.batch_size}",
-                           f"eval.every_epochs={max(1, epochs // 10)}",
-                           "log.progress_bar=false", *a.overrides], log)
-            r = _final(run_dir)
-            rows.append(f"| {name} | {int(frac * 100)}% | {epochs} | {r.get('val_acc1', float('nan')):.1f} | "
-                        f"{r.get('val_acc5', float('nan')):.1f} | {secs / 60:.1f} |")
-    table = "\n".join(["| encoder | labels | epochs | val top-1 | val top-5 | minutes |",
-                       "|---|---|---|---|---|---|", *rows])
-    if pre_s is not None:
-        table += f"\n\nPretraining ({a.pretrain_epochs} epochs): {pre_s / 60:.1f} min."
+        for name, tag, init, pre_s in starts:
+            stage = f"ft_{tag}_{int(frac * 100)}pct"
+            run_dir = os.path.join(out, stage)
+            finished = any(r["epoch"] == epochs for r in _epochs(run_dir))
+            secs = st.run(stage, [os.path.join(ROOT, "pretrain", "main_finetune.py"), "--config", FT_CFG,
+                                  f"data.path={data}", f"output_dir={run_dir}", f"model.init={init}",
+                                  f"data.train_fraction={frac}", f"train.epochs={epochs}",
+                                  f"eval.every_epochs={max(1, epochs // 5)}", "log.progress_bar=false",
+                                  *a.overrides], done=finished)
+            r = _epochs(run_dir)
+            last, best = r[-1]["val_acc1"], max(x["val_acc1"] for x in r)
+            pre = "-" if pre_s is None else f"{a.pretrain_epochs} ep, {pre_s / 60:.1f} min"
+            rows.append(f"| {name} | {pre} | {int(frac * 100)}% | {epochs} | {last:.1f} | {best:.1f} | "
+                        f"{secs / 60:.1f} |")
+    table = "\n".join([
+        "| encoder | pretraining | labels | fine-tuning epochs | val top-1 (last) | best | minutes |",
+        "|---|---|---|---|---|---|---|", *rows])
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    table += (f"\n\n{a.train_per_class * 5} train / {a.val_per_class * 5} val images at {img} px, chance 20%; "
+              f"{a.threads} threads; load average at the end {load}.")
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table + "\n")
     print(table)
