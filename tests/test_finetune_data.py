@@ -1,11 +1,14 @@
-"""tools/make_synthetic_classification.py: the --min-size / --inside options that make the demo's
-cluttered shapes a well-posed classification task, and their one-line errors."""
+"""tools/make_synthetic_classification.py: the --min-size / --inside / --max-strokes options that
+make the demo's cluttered shapes a well-posed classification task, and their one-line errors."""
 from __future__ import annotations
 
 import json
 import os
 
+import numpy as np
 import pytest
+
+from greenmim.data.synthetic import _background
 
 from test_finetune import load_tool
 
@@ -44,3 +47,28 @@ def test_bad_min_size_is_one_line(tmp_path, capsys):
     assert err.startswith("error: min_size") and "\n" not in err
     with pytest.raises(ValueError, match="min_size"):
         gen.make_classification_split(str(tmp_path / "y"), min_size=-0.1)
+
+
+def _stroke_pixels(max_strokes: int) -> int:
+    """Pixels the strokes change: a background minus the same background's smooth part (blotches and
+    noise filtered out by a large median), over 8 seeds."""
+    import cv2
+    total = 0
+    for seed in range(8):
+        img = _background(np.random.default_rng(seed), (96, 96), max_strokes)
+        smooth = cv2.medianBlur(np.clip(img, 0, 255).astype(np.uint8), 9).astype(np.float32)
+        total += int((np.abs(img - smooth).max(-1) > 40).sum())
+    return total
+
+
+def test_max_strokes_caps_the_distractors_and_keeps_the_default(tmp_path):
+    assert _stroke_pixels(0) < 0.1 * _stroke_pixels(12)
+    assert _stroke_pixels(2) < _stroke_pixels(12)
+    same = [_background(np.random.default_rng(3), (64, 64), cap) for cap in (12, 100)]
+    np.testing.assert_array_equal(same[0], same[1])  # 3-12 strokes: caps of 12 and more are the default
+    out = str(tmp_path / "cls")
+    kw = dict(train_per_class=1, val_per_class=1, img_size=64, classes=["circle", "star"])
+    gen.make_classification_split(out, max_strokes=1, **kw)
+    with open(os.path.join(out, "DONE")) as f:
+        assert json.load(f)["max_strokes"] == 1
+    assert gen.main(["--out", str(tmp_path / "x"), "--max-strokes", "-1"]) == 2

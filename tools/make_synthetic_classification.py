@@ -47,7 +47,8 @@ def _acceptable(bbox: Sequence[int], img_size: int, min_size: float, inside: boo
 
 
 def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str], img_size: int,
-                seed: int, plain: bool = False, min_size: float = 0.0, inside: bool = False) -> Dict[str, int]:
+                seed: int, plain: bool = False, min_size: float = 0.0, inside: bool = False,
+                max_strokes: int = 12) -> Dict[str, int]:
     """Renders `per_class` single-shape images of each class into img_dir/<class>/ (plain: the
     silhouette in a colour of its class on black, instead of textured shapes on clutter). Shapes
     smaller than min_size * img_size or (inside) cut by the border are redrawn."""
@@ -58,7 +59,7 @@ def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str]
     while min(counts.values()) < per_class:
         rng = np.random.default_rng([seed, SPLITS[split], 101, draw])
         draw += 1
-        image, anns = render_image(rng, img_size, min_objects=1, max_objects=1)
+        image, anns = render_image(rng, img_size, min_objects=1, max_objects=1, max_strokes=max_strokes)
         if len(anns) != 1:
             continue  # the shape was placed mostly out of frame: draw another
         name = CATEGORIES[anns[0]["category_id"] - 1]
@@ -86,7 +87,7 @@ def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str]
 def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_class: int = 20,
                               img_size: int = 192, seed: int = 0,
                               classes: Sequence[str] = CATEGORIES, plain: bool = False,
-                              min_size: float = 0.0, inside: bool = False) -> str:
+                              min_size: float = 0.0, inside: bool = False, max_strokes: int = 12) -> str:
     """Writes (or reuses) the split under out_dir; returns out_dir. Raises ValueError for bad
     arguments or a folder with train/ or val/ that this tool did not write."""
     classes = list(classes)
@@ -95,6 +96,8 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
         raise ValueError(f"classes must be two or more of {', '.join(CATEGORIES)}; got {classes}")
     if train_per_class < 1 or val_per_class < 1 or img_size < 32:
         raise ValueError("need train/val images per class >= 1 and img_size >= 32")
+    if max_strokes < 0:
+        raise ValueError(f"max_strokes is a count >= 0, got {max_strokes}")
     if not 0.0 <= min_size <= 0.4:
         raise ValueError(f"min_size is a fraction of the image side in [0, 0.4] (shapes reach about 0.47), "
                          f"got {min_size}")
@@ -103,6 +106,8 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
             "img_size": img_size, "seed": seed, "classes": classes, "plain": bool(plain)}
     if min_size or inside:  # only then, so that splits written before these options are reused
         args.update(min_size=float(min_size), inside=bool(inside))
+    if max_strokes != 12:
+        args.update(max_strokes=int(max_strokes))
     done = os.path.join(out_dir, "DONE")
     ours = [os.path.join(out_dir, s) for s in ("train", "val")]
     if os.path.isfile(done):
@@ -117,8 +122,8 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
         json.dump(args, f)
     for p in ours:
         shutil.rmtree(p, ignore_errors=True)
-    write_split(ours[0], "train", train_per_class, classes, img_size, seed, plain, min_size, inside)
-    write_split(ours[1], "val", val_per_class, classes, img_size, seed, plain, min_size, inside)
+    write_split(ours[0], "train", train_per_class, classes, img_size, seed, plain, min_size, inside, max_strokes)
+    write_split(ours[1], "val", val_per_class, classes, img_size, seed, plain, min_size, inside, max_strokes)
     with open(done + ".tmp", "w") as f:
         json.dump(args, f)
     os.replace(done + ".tmp", done)
@@ -139,10 +144,13 @@ def main(argv=None) -> int:
     p.add_argument("--min-size", type=float, default=0.0,
                    help="redraw shapes whose longest visible extent is below this fraction of the image side")
     p.add_argument("--inside", action="store_true", help="redraw shapes cut by the image border")
+    p.add_argument("--max-strokes", type=int, default=12,
+                   help="at most this many distractor strokes in the background (the demo's 3-12)")
     a = p.parse_args(argv)
     try:
         out = make_classification_split(a.out, a.train_per_class, a.val_per_class, a.img_size, a.seed,
-                                        [c for c in a.classes.split(",") if c], a.plain, a.min_size, a.inside)
+                                        [c for c in a.classes.split(",") if c], a.plain, a.min_size, a.inside,
+                                        a.max_strokes)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -137,8 +137,9 @@ def _texture(rng: np.random.Generator, hw: Tuple[int, int]) -> np.ndarray:
     return tex.astype(np.float32)
 
 
-def _background(rng: np.random.Generator, hw: Tuple[int, int]) -> np.ndarray:
-    """Cluttered background [H, W, 3]: desaturated gradient, blotches, noise, lines and arcs."""
+def _background(rng: np.random.Generator, hw: Tuple[int, int], max_strokes: int = 12) -> np.ndarray:
+    """Cluttered background [H, W, 3]: desaturated gradient, blotches, noise, lines and arcs
+    (3-12 distractor strokes, at most `max_strokes`)."""
     h, w = hw
     c0, c1 = _colour(rng, (0.0, 0.45), (0.2, 0.95)), _colour(rng, (0.0, 0.45), (0.2, 0.95))
     t = _ramp(hw, rng.uniform(0, 2 * math.pi))[..., None]
@@ -148,7 +149,8 @@ def _background(rng: np.random.Generator, hw: Tuple[int, int]) -> np.ndarray:
     img = img + cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
     img = np.ascontiguousarray(img, np.float32)
     scale = max(h, w) / 256.0
-    for _ in range(int(rng.integers(3, 13))):  # distractor strokes, never annotated
+    # drawn, then capped: the default cap draws exactly the images it always drew
+    for _ in range(min(int(rng.integers(3, 13)), max_strokes)):  # distractor strokes, never annotated
         colour = tuple(float(v) for v in _colour(rng, (0.0, 0.8), (0.1, 1.0)))
         thick = int(rng.integers(1, 4))
         if rng.uniform() < 0.7:
@@ -240,8 +242,10 @@ def _polygons(mask: np.ndarray, up: int = 4) -> List[List[float]]:
 
 
 def render_image(rng: np.random.Generator, img_size: int = 256, min_objects: int = 3,
-                 max_objects: int = 8, min_area: int = 48) -> Tuple[np.ndarray, List[dict]]:
-    """Draws one image and its visible-part annotations.
+                 max_objects: int = 8, min_area: int = 48,
+                 max_strokes: int = 12) -> Tuple[np.ndarray, List[dict]]:
+    """Draws one image and its visible-part annotations (at most `max_strokes` distractor
+    strokes in the background).
 
     Returns:
         image: uint8 RGB [img_size, img_size, 3].
@@ -249,7 +253,7 @@ def render_image(rng: np.random.Generator, img_size: int = 256, min_objects: int
             (list of polygons), in back-to-front order.
     """
     hw = (img_size, img_size)
-    img = _background(rng, hw)
+    img = _background(rng, hw, max_strokes)
     objs: List[_Obj] = []
     for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         o = _place(rng, hw, objs, min_area)
