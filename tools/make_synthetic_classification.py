@@ -6,6 +6,7 @@ its class (circle, rectangle, ...) is the label, on the demo's cluttered backgro
     python tools/make_synthetic_classification.py --out /tmp/cls --train-per-class 8 --val-per-class 4 \
         --img-size 64 --classes circle,rectangle
     python tools/make_synthetic_classification.py --out /tmp/cls --min-size 0.2 --inside   # a well-posed task
+    python tools/make_synthetic_classification.py --out /tmp/cls --min-size 0.25 --inside --max-strokes 2   # less clutter
 
 The demo's look keeps shapes of 6-47% of the image side that may be cut by the border; at that
 scale a small shape among the clutter strokes is hard to tell apart (a 15 px star, a clipped
