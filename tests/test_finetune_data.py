@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
-from greenmim.data.synthetic import _background
+from greenmim.data.synthetic import MAX_STROKES, _background
 
 from test_finetune import load_tool
 
@@ -52,7 +53,6 @@ def test_bad_min_size_is_one_line(tmp_path, capsys):
 def _stroke_pixels(max_strokes: int) -> int:
     """Pixels the strokes change: a background minus the same background's smooth part (blotches and
     noise filtered out by a large median), over 8 seeds."""
-    import cv2
     total = 0
     for seed in range(8):
         img = _background(np.random.default_rng(seed), (96, 96), max_strokes)
@@ -62,9 +62,9 @@ def _stroke_pixels(max_strokes: int) -> int:
 
 
 def test_max_strokes_caps_the_distractors_and_keeps_the_default(tmp_path):
-    assert _stroke_pixels(0) < 0.1 * _stroke_pixels(12)
-    assert _stroke_pixels(2) < _stroke_pixels(12)
-    same = [_background(np.random.default_rng(3), (64, 64), cap) for cap in (12, 100)]
+    assert _stroke_pixels(0) < 0.1 * _stroke_pixels(MAX_STROKES)
+    assert _stroke_pixels(2) < _stroke_pixels(MAX_STROKES)
+    same = [_background(np.random.default_rng(3), (64, 64), cap) for cap in (MAX_STROKES, 100)]
     np.testing.assert_array_equal(same[0], same[1])  # 3-12 strokes: caps of 12 and more are the default
     out = str(tmp_path / "cls")
     kw = dict(train_per_class=1, val_per_class=1, img_size=64, classes=["circle", "star"])

@@ -32,7 +32,7 @@ from typing import Dict, Sequence
 import cv2
 import numpy as np
 
-from greenmim.data.synthetic import CATEGORIES, SPLITS, render_image
+from greenmim.data.synthetic import CATEGORIES, MAX_STROKES, SPLITS, render_image
 
 FORMAT_VERSION = 1
 PLAIN_COLOURS = ((255, 60, 60), (60, 255, 60), (60, 60, 255), (255, 255, 60), (255, 60, 255))
@@ -49,7 +49,7 @@ def _acceptable(bbox: Sequence[int], img_size: int, min_size: float, inside: boo
 
 def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str], img_size: int,
                 seed: int, plain: bool = False, min_size: float = 0.0, inside: bool = False,
-                max_strokes: int = 12) -> Dict[str, int]:
+                max_strokes: int = MAX_STROKES) -> Dict[str, int]:
     """Renders `per_class` single-shape images of each class into img_dir/<class>/ (plain: the
     silhouette in a colour of its class on black, instead of textured shapes on clutter). Shapes
     smaller than min_size * img_size or (inside) cut by the border are redrawn."""
@@ -88,7 +88,7 @@ def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str]
 def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_class: int = 20,
                               img_size: int = 192, seed: int = 0,
                               classes: Sequence[str] = CATEGORIES, plain: bool = False,
-                              min_size: float = 0.0, inside: bool = False, max_strokes: int = 12) -> str:
+                              min_size: float = 0.0, inside: bool = False, max_strokes: int = MAX_STROKES) -> str:
     """Writes (or reuses) the split under out_dir; returns out_dir. Raises ValueError for bad
     arguments or a folder with train/ or val/ that this tool did not write."""
     classes = list(classes)
@@ -107,7 +107,7 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
             "img_size": img_size, "seed": seed, "classes": classes, "plain": bool(plain)}
     if min_size or inside:  # only then, so that splits written before these options are reused
         args.update(min_size=float(min_size), inside=bool(inside))
-    if max_strokes != 12:
+    if max_strokes != MAX_STROKES:
         args.update(max_strokes=int(max_strokes))
     done = os.path.join(out_dir, "DONE")
     ours = [os.path.join(out_dir, s) for s in ("train", "val")]
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-size", type=float, default=0.0,
                    help="redraw shapes whose longest visible extent is below this fraction of the image side")
     p.add_argument("--inside", action="store_true", help="redraw shapes cut by the image border")
-    p.add_argument("--max-strokes", type=int, default=12,
+    p.add_argument("--max-strokes", type=int, default=MAX_STROKES,
                    help="at most this many distractor strokes in the background (the demo's 3-12)")
     a = p.parse_args(argv)
     try:

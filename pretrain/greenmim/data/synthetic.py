@@ -102,6 +102,8 @@ def _fill(poly: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Colours, textures, backgrounds. Images are float32 RGB [H, W, 3] in 0..255 until saved.
 
+MAX_STROKES = 12  # a background has 3-12 distractor strokes; smaller caps give less clutter
+
 def _colour(rng: np.random.Generator, sat: Tuple[float, float],
             val: Tuple[float, float]) -> np.ndarray:
     rgb = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*sat), rng.uniform(*val))
@@ -137,7 +139,7 @@ def _texture(rng: np.random.Generator, hw: Tuple[int, int]) -> np.ndarray:
     return tex.astype(np.float32)
 
 
-def _background(rng: np.random.Generator, hw: Tuple[int, int], max_strokes: int = 12) -> np.ndarray:
+def _background(rng: np.random.Generator, hw: Tuple[int, int], max_strokes: int = MAX_STROKES) -> np.ndarray:
     """Cluttered background [H, W, 3]: desaturated gradient, blotches, noise, lines and arcs
     (3-12 distractor strokes, at most `max_strokes`)."""
     h, w = hw
@@ -150,7 +152,7 @@ def _background(rng: np.random.Generator, hw: Tuple[int, int], max_strokes: int 
     img = np.ascontiguousarray(img, np.float32)
     scale = max(h, w) / 256.0
     # drawn, then capped: the default cap draws exactly the images it always drew
-    for _ in range(min(int(rng.integers(3, 13)), max_strokes)):  # distractor strokes, never annotated
+    for _ in range(min(int(rng.integers(3, MAX_STROKES + 1)), max_strokes)):  # distractor strokes, never annotated
         colour = tuple(float(v) for v in _colour(rng, (0.0, 0.8), (0.1, 1.0)))
         thick = int(rng.integers(1, 4))
         if rng.uniform() < 0.7:
@@ -243,7 +245,7 @@ def _polygons(mask: np.ndarray, up: int = 4) -> List[List[float]]:
 
 def render_image(rng: np.random.Generator, img_size: int = 256, min_objects: int = 3,
                  max_objects: int = 8, min_area: int = 48,
-                 max_strokes: int = 12) -> Tuple[np.ndarray, List[dict]]:
+                 max_strokes: int = MAX_STROKES) -> Tuple[np.ndarray, List[dict]]:
     """Draws one image and its visible-part annotations (at most `max_strokes` distractor
     strokes in the background).
 
