@@ -72,3 +72,24 @@ def test_max_strokes_caps_the_distractors_and_keeps_the_default(tmp_path):
     with open(os.path.join(out, "DONE")) as f:
         assert json.load(f)["max_strokes"] == 1
     assert gen.main(["--out", str(tmp_path / "x"), "--max-strokes", "-1"]) == 2
+
+
+def test_silhouette_split_is_white_on_black(tmp_path, capsys):
+    kw = dict(train_per_class=2, val_per_class=1, img_size=64, classes=["circle", "star"], min_size=0.25,
+              inside=True)
+    textured, outlines = str(tmp_path / "tex"), str(tmp_path / "sil")
+    gen.make_classification_split(textured, **kw)
+    gen.make_classification_split(outlines, silhouette=True, **kw)
+    with open(os.path.join(outlines, "DONE")) as f:
+        assert json.load(f)["silhouette"] is True
+    with open(os.path.join(textured, "DONE")) as f:
+        assert "silhouette" not in json.load(f)  # splits written before the option are reused
+    for c in ("circle", "star"):
+        name = os.path.join("train", c, "000000.jpg")
+        sil = cv2.imread(os.path.join(outlines, name))
+        assert (np.abs(sil.astype(int) - sil[..., :1]) <= 12).all()  # grey levels only (JPEG edges)
+        shape = sil[..., 0] > 128
+        assert 0.05 < shape.mean() < 0.6 and not shape[0].any() and not shape[:, 0].any()  # inside
+        assert (sil[~shape] < 40).mean() > 0.99  # black around it (JPEG ringing aside)
+    assert gen.main(["--out", str(tmp_path / "x"), "--plain", "--silhouette"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: choose one of plain")

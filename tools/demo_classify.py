@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-size", type=float, default=0.25, help="smallest shape, a fraction of the image side")
     p.add_argument("--max-strokes", type=int, default=None,
                    help="at most this many background distractor strokes (default: the demo's look, 3-12)")
+    p.add_argument("--silhouette", action="store_true",
+                   help="white silhouettes on black (outlines only) instead of shapes on clutter")
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs with 100%% of the labels")
     p.add_argument("--epochs-10pct", type=int, default=60, help="fine-tuning epochs with 10%% of the labels")
     p.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))),
@@ -103,7 +105,8 @@ def main(argv=None) -> int:
     st.run("data", [os.path.join(ROOT, "tools", "make_synthetic_classification.py"), "--out", data,
                     "--train-per-class", str(a.train_per_class), "--val-per-class", str(a.val_per_class),
                     "--img-size", str(img), "--min-size", str(a.min_size), "--inside",
-                    *([] if a.max_strokes is None else ["--max-strokes", str(a.max_strokes)])])
+                    *([] if a.max_strokes is None else ["--max-strokes", str(a.max_strokes)]),
+                    *(["--silhouette"] if a.silhouette else [])])
 
     starts = [("random init", "rand", "", None)]
     kinds = ([] if a.encoder else ["green"]) + ([] if a.no_simmim else ["simmim"])

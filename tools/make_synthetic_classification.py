@@ -7,6 +7,7 @@ its class (circle, rectangle, ...) is the label, on the demo's cluttered backgro
         --img-size 64 --classes circle,rectangle
     python tools/make_synthetic_classification.py --out /tmp/cls --min-size 0.2 --inside   # a well-posed task
     python tools/make_synthetic_classification.py --out /tmp/cls --min-size 0.25 --inside --max-strokes 2   # less clutter
+    python tools/make_synthetic_classification.py --out /tmp/cls --min-size 0.25 --inside --silhouette  # outlines only
 
 The demo's look keeps shapes of 6-47% of the image side that may be cut by the border; at that
 scale a small shape among the clutter strokes is hard to tell apart (a 15 px star, a clipped
@@ -49,9 +50,10 @@ def _acceptable(bbox: Sequence[int], img_size: int, min_size: float, inside: boo
 
 def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str], img_size: int,
                 seed: int, plain: bool = False, min_size: float = 0.0, inside: bool = False,
-                max_strokes: int = MAX_STROKES) -> Dict[str, int]:
+                max_strokes: int = MAX_STROKES, silhouette: bool = False) -> Dict[str, int]:
     """Renders `per_class` single-shape images of each class into img_dir/<class>/ (plain: the
-    silhouette in a colour of its class on black, instead of textured shapes on clutter). Shapes
+    silhouette in a colour of its class on black, zoomed in; silhouette: white on black where it
+    was drawn, so only the outline tells the class; default: textured shapes on clutter). Shapes
     smaller than min_size * img_size or (inside) cut by the border are redrawn."""
     counts = {c: 0 for c in classes}
     for c in classes:
@@ -68,11 +70,13 @@ def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str]
             continue
         if not _acceptable(anns[0]["bbox"], img_size, min_size, inside):
             continue
-        if plain:  # the silhouette in its class's colour: an easy task, for tests and smoke runs
+        if plain or silhouette:  # plain: the silhouette in its class's colour, for tests and smoke runs
             image = np.zeros_like(image)
+            colour = PLAIN_COLOURS[CATEGORIES.index(name)] if plain else (255, 255, 255)
             for poly in anns[0]["segmentation"]:
                 pts = np.round(np.asarray(poly, dtype=np.float64).reshape(-1, 2)).astype(np.int32)
-                cv2.fillPoly(image, [pts], PLAIN_COLOURS[CATEGORIES.index(name)])
+                cv2.fillPoly(image, [pts], colour)
+        if plain:
             x, y, w, h = anns[0]["bbox"]  # zoom in: the shape fills most of the frame
             side = int(max(w, h) * 1.3) + 1
             x0, y0 = max(0, x + w // 2 - side // 2), max(0, y + h // 2 - side // 2)
@@ -88,7 +92,8 @@ def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str]
 def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_class: int = 20,
                               img_size: int = 192, seed: int = 0,
                               classes: Sequence[str] = CATEGORIES, plain: bool = False,
-                              min_size: float = 0.0, inside: bool = False, max_strokes: int = MAX_STROKES) -> str:
+                              min_size: float = 0.0, inside: bool = False, max_strokes: int = MAX_STROKES,
+                              silhouette: bool = False) -> str:
     """Writes (or reuses) the split under out_dir; returns out_dir. Raises ValueError for bad
     arguments or a folder with train/ or val/ that this tool did not write."""
     classes = list(classes)
@@ -97,6 +102,8 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
         raise ValueError(f"classes must be two or more of {', '.join(CATEGORIES)}; got {classes}")
     if train_per_class < 1 or val_per_class < 1 or img_size < 32:
         raise ValueError("need train/val images per class >= 1 and img_size >= 32")
+    if plain and silhouette:
+        raise ValueError("choose one of plain (per-class colours) and silhouette (white on black)")
     if max_strokes < 0:
         raise ValueError(f"max_strokes is a count >= 0, got {max_strokes}")
     if not 0.0 <= min_size <= 0.4:
@@ -109,6 +116,8 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
         args.update(min_size=float(min_size), inside=bool(inside))
     if max_strokes != MAX_STROKES:
         args.update(max_strokes=int(max_strokes))
+    if silhouette:
+        args.update(silhouette=True)
     done = os.path.join(out_dir, "DONE")
     ours = [os.path.join(out_dir, s) for s in ("train", "val")]
     if os.path.isfile(done):
@@ -123,8 +132,10 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
         json.dump(args, f)
     for p in ours:
         shutil.rmtree(p, ignore_errors=True)
-    write_split(ours[0], "train", train_per_class, classes, img_size, seed, plain, min_size, inside, max_strokes)
-    write_split(ours[1], "val", val_per_class, classes, img_size, seed, plain, min_size, inside, max_strokes)
+    write_split(ours[0], "train", train_per_class, classes, img_size, seed, plain, min_size, inside, max_strokes,
+                silhouette)
+    write_split(ours[1], "val", val_per_class, classes, img_size, seed, plain, min_size, inside, max_strokes,
+                silhouette)
     with open(done + ".tmp", "w") as f:
         json.dump(args, f)
     os.replace(done + ".tmp", done)
@@ -142,6 +153,9 @@ def main(argv=None) -> int:
     p.add_argument("--classes", default=",".join(CATEGORIES), help="comma-separated subset of the shapes")
     p.add_argument("--plain", action="store_true",
                    help="silhouettes in a per-class colour on black (an easy task for tests) instead of the demo's look")
+    p.add_argument("--silhouette", action="store_true",
+                   help="the shape's silhouette, white on black where it was drawn: the demo's shapes without "
+                        "texture or clutter, a task a small Swin learns in a few hundred steps")
     p.add_argument("--min-size", type=float, default=0.0,
                    help="redraw shapes whose longest visible extent is below this fraction of the image side")
     p.add_argument("--inside", action="store_true", help="redraw shapes cut by the image border")
@@ -151,7 +165,7 @@ def main(argv=None) -> int:
     try:
         out = make_classification_split(a.out, a.train_per_class, a.val_per_class, a.img_size, a.seed,
                                         [c for c in a.classes.split(",") if c], a.plain, a.min_size, a.inside,
-                                        a.max_strokes)
+                                        a.max_strokes, a.silhouette)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
