@@ -93,3 +93,31 @@ def test_silhouette_split_is_white_on_black(tmp_path, capsys):
         assert (sil[~shape] < 40).mean() > 0.99  # black around it (JPEG ringing aside)
     assert gen.main(["--out", str(tmp_path / "x"), "--plain", "--silhouette"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: choose one of plain")
+
+
+def test_size_range_draws_large_shapes_inside_the_frame(tmp_path, capsys):
+    from greenmim.data.synthetic import CATEGORIES, render_image
+    extents = []
+    for seed in range(40):
+        _, anns = render_image(np.random.default_rng(seed), 128, min_objects=1, max_objects=1,
+                               size_range=(0.5, 0.6))
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            assert x > 0 and y > 0 and x + w < 128 and y + h < 128  # never cut by the border
+            extents.append(max(w, h) / 128)
+    # the longest extent is `size` for circles and rectangles, ~0.85-0.9 of it for stars and triangles
+    assert len(extents) >= 35 and 0.4 < min(extents) and max(extents) <= 0.61
+    default = [max(a["bbox"][2:]) / 128 for s in range(40)
+               for a in render_image(np.random.default_rng(s), 128, min_objects=1, max_objects=1)[1]]
+    assert min(default) < 0.2  # without the range, the demo's small shapes
+    out = str(tmp_path / "big")
+    gen.make_classification_split(out, train_per_class=2, val_per_class=1, img_size=64,
+                                  classes=CATEGORIES[:2], silhouette=True, sizes=(0.5, 0.7))
+    with open(os.path.join(out, "DONE")) as f:
+        assert json.load(f)["sizes"] == [0.5, 0.7]
+    shape = cv2.imread(os.path.join(out, "train", "circle", "000000.jpg"))[..., 0] > 128
+    assert 0.15 < shape.mean() < 0.45  # a circle of 0.5-0.7 of the side covers 20-38% of the image
+    for bad in ("0.7,0.5", "0.4,0.95", "0.5"):
+        assert gen.main(["--out", str(tmp_path / "x"), "--sizes", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: sizes is a range LO,HI") and "\n" not in err

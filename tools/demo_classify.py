@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     p.add_argument("--min-size", type=float, default=0.25, help="smallest shape, a fraction of the image side")
     p.add_argument("--max-strokes", type=int, default=None,
                    help="at most this many background distractor strokes (default: the demo's look, 3-12)")
+    p.add_argument("--sizes", default=None, metavar="LO,HI",
+                   help="shape sizes drawn in LO-HI of the side, inside the frame (default: the demo's, redrawn "
+                        "below --min-size)")
     p.add_argument("--silhouette", action="store_true",
                    help="white silhouettes on black (outlines only) instead of shapes on clutter")
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs with 100%% of the labels")
@@ -106,6 +109,7 @@ def main(argv=None) -> int:
                     "--train-per-class", str(a.train_per_class), "--val-per-class", str(a.val_per_class),
                     "--img-size", str(img), "--min-size", str(a.min_size), "--inside",
                     *([] if a.max_strokes is None else ["--max-strokes", str(a.max_strokes)]),
+                    *([] if a.sizes is None else ["--sizes", a.sizes]),
                     *(["--silhouette"] if a.silhouette else [])])
 
     starts = [("random init", "rand", "", None)]

@@ -8,12 +8,14 @@ its class (circle, rectangle, ...) is the label, on the demo's cluttered backgro
     python tools/make_synthetic_classification.py --out /tmp/cls --min-size 0.2 --inside   # a well-posed task
     python tools/make_synthetic_classification.py --out /tmp/cls --min-size 0.25 --inside --max-strokes 2   # less clutter
     python tools/make_synthetic_classification.py --out /tmp/cls --min-size 0.25 --inside --silhouette  # outlines only
+    python tools/make_synthetic_classification.py --out /tmp/cls --sizes 0.4,0.8 --silhouette  # large outlines
 
 The demo's look keeps shapes of 6-47% of the image side that may be cut by the border; at that
 scale a small shape among the clutter strokes is hard to tell apart (a 15 px star, a clipped
 triangle), so a small labelled set is not learnable. --min-size (a fraction of the image side, for
 the shape's longest visible extent) and --inside (the shape is not cut by the border) redraw such
-images instead.
+images instead. --sizes LO,HI draws every shape's longest extent in that range of the side, inside
+the frame, instead of redrawing (a range past 0.47 is out of reach of --min-size).
 
 Layout (ImageNet style, what pretrain/main_finetune.py reads):
     out/train/<class>/000000.jpg ...   out/val/<class>/000000.jpg ...   out/DONE
@@ -28,7 +30,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -50,11 +52,13 @@ def _acceptable(bbox: Sequence[int], img_size: int, min_size: float, inside: boo
 
 def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str], img_size: int,
                 seed: int, plain: bool = False, min_size: float = 0.0, inside: bool = False,
-                max_strokes: int = MAX_STROKES, silhouette: bool = False) -> Dict[str, int]:
+                max_strokes: int = MAX_STROKES, silhouette: bool = False,
+                sizes: Optional[Tuple[float, float]] = None) -> Dict[str, int]:
     """Renders `per_class` single-shape images of each class into img_dir/<class>/ (plain: the
     silhouette in a colour of its class on black, zoomed in; silhouette: white on black where it
     was drawn, so only the outline tells the class; default: textured shapes on clutter). Shapes
-    smaller than min_size * img_size or (inside) cut by the border are redrawn."""
+    smaller than min_size * img_size or (inside) cut by the border are redrawn; with `sizes`
+    (lo, hi), their longest extent is drawn in [lo, hi] x img_size, inside the frame."""
     counts = {c: 0 for c in classes}
     for c in classes:
         os.makedirs(os.path.join(img_dir, c))
@@ -62,7 +66,8 @@ def write_split(img_dir: str, split: str, per_class: int, classes: Sequence[str]
     while min(counts.values()) < per_class:
         rng = np.random.default_rng([seed, SPLITS[split], 101, draw])
         draw += 1
-        image, anns = render_image(rng, img_size, min_objects=1, max_objects=1, max_strokes=max_strokes)
+        image, anns = render_image(rng, img_size, min_objects=1, max_objects=1, max_strokes=max_strokes,
+                                   size_range=sizes)
         if len(anns) != 1:
             continue  # the shape was placed mostly out of frame: draw another
         name = CATEGORIES[anns[0]["category_id"] - 1]
@@ -93,7 +98,7 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
                               img_size: int = 192, seed: int = 0,
                               classes: Sequence[str] = CATEGORIES, plain: bool = False,
                               min_size: float = 0.0, inside: bool = False, max_strokes: int = MAX_STROKES,
-                              silhouette: bool = False) -> str:
+                              silhouette: bool = False, sizes: Optional[Sequence[float]] = None) -> str:
     """Writes (or reuses) the split under out_dir; returns out_dir. Raises ValueError for bad
     arguments or a folder with train/ or val/ that this tool did not write."""
     classes = list(classes)
@@ -109,6 +114,11 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
     if not 0.0 <= min_size <= 0.4:
         raise ValueError(f"min_size is a fraction of the image side in [0, 0.4] (shapes reach about 0.47), "
                          f"got {min_size}")
+    if sizes is not None:
+        sizes = tuple(float(v) for v in sizes)
+        if len(sizes) != 2 or not 0.05 <= sizes[0] <= sizes[1] <= 0.9:
+            raise ValueError(f"sizes is a range LO,HI of fractions of the image side with "
+                             f"0.05 <= LO <= HI <= 0.9, got {','.join(map(str, sizes))}")
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
     args = {"version": FORMAT_VERSION, "train_per_class": train_per_class, "val_per_class": val_per_class,
             "img_size": img_size, "seed": seed, "classes": classes, "plain": bool(plain)}
@@ -118,6 +128,8 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
         args.update(max_strokes=int(max_strokes))
     if silhouette:
         args.update(silhouette=True)
+    if sizes is not None:
+        args.update(sizes=list(sizes))
     done = os.path.join(out_dir, "DONE")
     ours = [os.path.join(out_dir, s) for s in ("train", "val")]
     if os.path.isfile(done):
@@ -132,15 +144,21 @@ def make_classification_split(out_dir: str, train_per_class: int = 40, val_per_c
         json.dump(args, f)
     for p in ours:
         shutil.rmtree(p, ignore_errors=True)
-    write_split(ours[0], "train", train_per_class, classes, img_size, seed, plain, min_size, inside, max_strokes,
-                silhouette)
-    write_split(ours[1], "val", val_per_class, classes, img_size, seed, plain, min_size, inside, max_strokes,
-                silhouette)
+    for split, path, n in (("train", ours[0], train_per_class), ("val", ours[1], val_per_class)):
+        write_split(path, split, n, classes, img_size, seed, plain, min_size, inside, max_strokes, silhouette,
+                    sizes)
     with open(done + ".tmp", "w") as f:
         json.dump(args, f)
     os.replace(done + ".tmp", done)
     os.remove(os.path.join(out_dir, "IN_PROGRESS"))
     return out_dir
+
+
+def _size_range(text: str) -> Tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two fractions of the side, e.g. 0.4,0.8), got {text!r}")
 
 
 def main(argv=None) -> int:
@@ -159,13 +177,16 @@ def main(argv=None) -> int:
     p.add_argument("--min-size", type=float, default=0.0,
                    help="redraw shapes whose longest visible extent is below this fraction of the image side")
     p.add_argument("--inside", action="store_true", help="redraw shapes cut by the image border")
+    p.add_argument("--sizes", type=_size_range, default=None, metavar="LO,HI",
+                   help="draw each shape's longest extent uniformly in LO-HI of the image side, inside the frame "
+                        "(default: the demo's 6-47%%, log-uniform, sometimes cut by the border)")
     p.add_argument("--max-strokes", type=int, default=MAX_STROKES,
                    help="at most this many distractor strokes in the background (the demo's 3-12)")
     a = p.parse_args(argv)
     try:
         out = make_classification_split(a.out, a.train_per_class, a.val_per_class, a.img_size, a.seed,
                                         [c for c in a.classes.split(",") if c], a.plain, a.min_size, a.inside,
-                                        a.max_strokes, a.silhouette)
+                                        a.max_strokes, a.silhouette, a.sizes)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -184,16 +184,22 @@ def _has_hole(mask: np.ndarray) -> bool:
 
 
 def _place(rng: np.random.Generator, hw: Tuple[int, int], objs: List[_Obj],
-           min_area: int, attempts: int = 20) -> Optional[_Obj]:
-    """Draws one object that keeps every earlier object mostly visible and hole-free."""
+           min_area: int, attempts: int = 20,
+           size_range: Optional[Tuple[float, float]] = None) -> Optional[_Obj]:
+    """Draws one object that keeps every earlier object mostly visible and hole-free (sizes:
+    see render_image)."""
     h, w = hw
     scale = min(h, w) / 256.0
     for _ in range(attempts):
         cls = int(rng.integers(len(CATEGORIES)))
-        # log-uniform sizes: small objects are as common as large ones, as in real scenes
-        size = math.exp(rng.uniform(math.log(20), math.log(120))) * scale
-        # centres keep 0.2 * size from the border: shapes may be clipped, but never mostly
-        margin = 0.2 * size
+        if size_range is None:
+            # log-uniform sizes: small objects are as common as large ones, as in real scenes
+            size = math.exp(rng.uniform(math.log(20), math.log(120))) * scale
+            # centres keep 0.2 * size from the border: shapes may be clipped, but never mostly
+            margin = 0.2 * size
+        else:
+            size = rng.uniform(*size_range) * min(h, w)
+            margin = 0.5 * size + 1  # every shape lies within size / 2 of its centre: inside the frame
         centre = (rng.uniform(margin, w - margin), rng.uniform(margin, h - margin))
         mask = _fill(_shape_polygon(CATEGORIES[cls], size, centre, rng), hw)
         if mask.sum() < 1.5 * min_area:
@@ -244,10 +250,12 @@ def _polygons(mask: np.ndarray, up: int = 4) -> List[List[float]]:
 
 
 def render_image(rng: np.random.Generator, img_size: int = 256, min_objects: int = 3,
-                 max_objects: int = 8, min_area: int = 48,
-                 max_strokes: int = MAX_STROKES) -> Tuple[np.ndarray, List[dict]]:
+                 max_objects: int = 8, min_area: int = 48, max_strokes: int = MAX_STROKES,
+                 size_range: Optional[Tuple[float, float]] = None) -> Tuple[np.ndarray, List[dict]]:
     """Draws one image and its visible-part annotations (at most `max_strokes` distractor
-    strokes in the background).
+    strokes in the background). Each shape's longest extent is drawn log-uniformly in 20-120 px
+    (at 256 px, scaled with the side) and may be clipped by the border; with `size_range`
+    (lo, hi), uniformly in [lo, hi] x the side, inside the frame.
 
     Returns:
         image: uint8 RGB [img_size, img_size, 3].
@@ -258,7 +266,7 @@ def render_image(rng: np.random.Generator, img_size: int = 256, min_objects: int
     img = _background(rng, hw, max_strokes)
     objs: List[_Obj] = []
     for _ in range(int(rng.integers(min_objects, max_objects + 1))):
-        o = _place(rng, hw, objs, min_area)
+        o = _place(rng, hw, objs, min_area, size_range=size_range)
         if o is not None:
             objs.append(o)
     for o in objs:  # back to front
