@@ -6,8 +6,12 @@ both wall times reported), with 100% and 10% of the labels.
     python tools/demo_classify.py --out output/demo_classify
     python tools/demo_classify.py --out output/demo_classify --encoder output/demo/pretrain/encoder.pth
 
-The data is a classification split of the demo's shapes on clutter (one shape per image, its class
-the label), with shapes of at least --min-size of the side and inside the frame. Both pretrainings
+The data is a classification split of the demo's five shapes (one shape per image, its class the
+label): by default their silhouettes, white on black, of 30-80% of the side and inside the frame
+(2500 train / 300 val images, ~31 min on 2 cores); with --clutter the demo's textured shapes on its
+cluttered backgrounds, at the demo's sizes but at least --min-size of the side. On clutter a small
+Swin from scratch stays at chance at CPU scale, so pretraining has nothing to speed up (see
+docs/finetune.md); outlines are learnt, and there pretraining shows its gain. Both pretrainings
 run configs/demo/pretrain_swin_demo.yaml (SimMIM with model.type=simmim) at the fine-tuning
 config's size and window, for --pretrain-epochs on the split's training images, labels unused:
 the semi-supervised setting, where all images are seen unlabelled and 10% of them labelled.
@@ -15,8 +19,9 @@ the semi-supervised setting, where all images are seen unlabelled and 10% of the
 
 Every stage runs as its own program with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep
 instead of spinning, which matters on a busy machine) and --threads torch threads. Finished
-stages are reused with their recorded wall times (OUT/times.json). Prints a Markdown table and
-writes it to OUT/results.md.
+stages are reused with their recorded wall times (OUT/times.json), only under the same settings:
+a folder holding a run with other settings is refused. Prints a Markdown table and writes it to
+OUT/results.md.
 """
 from __future__ import annotations
 
@@ -58,9 +63,13 @@ class Stages:
         if res.returncode:
             sys.exit(f"error: stage {name} failed (exit {res.returncode}), see {self.log}")
         self.times[name] = time.time() - t
-        with open(self.times_path, "w") as f:
-            json.dump(self.times, f, indent=1)
+        self.save()
         return self.times[name]
+
+    def save(self) -> None:
+        with open(self.times_path + ".tmp", "w") as f:
+            json.dump(self.times, f, indent=1)
+        os.replace(self.times_path + ".tmp", self.times_path)
 
 
 def _epochs(out_dir: str) -> list:
@@ -76,19 +85,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="output/demo_classify")
     p.add_argument("--encoder", default=None, help="a green-pretrained encoder (default: pretrain one here)")
     p.add_argument("--no-simmim", action="store_true", help="skip the dense SimMIM baseline")
-    p.add_argument("--pretrain-epochs", type=int, default=12)
-    p.add_argument("--train-per-class", type=int, default=100)
-    p.add_argument("--val-per-class", type=int, default=50)
-    p.add_argument("--min-size", type=float, default=0.25, help="smallest shape, a fraction of the image side")
+    p.add_argument("--pretrain-epochs", type=int, default=10)
+    p.add_argument("--train-per-class", type=int, default=500)
+    p.add_argument("--val-per-class", type=int, default=60)
+    p.add_argument("--clutter", action="store_true",
+                   help="the demo's textured shapes on clutter instead of white silhouettes on black")
+    p.add_argument("--min-size", type=float, default=0.25,
+                   help="with --clutter: smallest shape, a fraction of the image side")
     p.add_argument("--max-strokes", type=int, default=None,
                    help="at most this many background distractor strokes (default: the demo's look, 3-12)")
     p.add_argument("--sizes", default=None, metavar="LO,HI",
-                   help="shape sizes drawn in LO-HI of the side, inside the frame (default: the demo's, redrawn "
-                        "below --min-size)")
-    p.add_argument("--silhouette", action="store_true",
-                   help="white silhouettes on black (outlines only) instead of shapes on clutter")
-    p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs with 100%% of the labels")
-    p.add_argument("--epochs-10pct", type=int, default=60, help="fine-tuning epochs with 10%% of the labels")
+                   help="shape sizes drawn in LO-HI of the side, inside the frame (default: 0.3,0.8; with "
+                        "--clutter the demo's sizes)")
+    p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs with 100%% of the labels")
+    p.add_argument("--epochs-10pct", type=int, default=38,
+                   help="fine-tuning epochs with 10%% of the labels (about as many steps as --epochs at 100%%)")
     p.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))),
                    help="torch / OpenMP threads of every stage")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="more demo_shapes.yaml overrides")
@@ -101,16 +112,28 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     img, window = cfg["data"]["img_size"], cfg["model"]["encoder"]["window_size"]
+    if a.sizes is None and not a.clutter:
+        a.sizes = "0.3,0.8"
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
     st = Stages(out, a.threads)
+    # what the stages' results depend on: reusing them under other settings would mix two runs
+    settings = {k: v for k, v in sorted(vars(a).items()) if k not in ("out", "threads", "no_simmim")}
+    old = st.times.get("settings", {} if os.listdir(out) else settings)  # a folder of an older version: refused
+    if old != settings:
+        diff = ", ".join(f"{k}: {old.get(k, '?')} -> {v}" for k, v in settings.items() if old.get(k) != v)
+        print(f"error: {out} holds a run with other settings ({diff}); choose another --out or delete it",
+              file=sys.stderr)
+        return 2
+    st.times["settings"] = settings
+    st.save()
     data = os.path.join(out, "data")
     st.run("data", [os.path.join(ROOT, "tools", "make_synthetic_classification.py"), "--out", data,
                     "--train-per-class", str(a.train_per_class), "--val-per-class", str(a.val_per_class),
                     "--img-size", str(img), "--min-size", str(a.min_size), "--inside",
                     *([] if a.max_strokes is None else ["--max-strokes", str(a.max_strokes)]),
                     *([] if a.sizes is None else ["--sizes", a.sizes]),
-                    *(["--silhouette"] if a.silhouette else [])])
+                    *([] if a.clutter else ["--silhouette"])], done=os.path.isfile(os.path.join(data, "DONE")))
 
     starts = [("random init", "rand", "", None)]
     kinds = ([] if a.encoder else ["green"]) + ([] if a.no_simmim else ["simmim"])
