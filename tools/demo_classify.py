@@ -91,12 +91,12 @@ def main(argv=None) -> int:
     p.add_argument("--clutter", action="store_true",
                    help="the demo's textured shapes on clutter instead of white silhouettes on black")
     p.add_argument("--min-size", type=float, default=0.25,
-                   help="with --clutter: smallest shape, a fraction of the image side")
+                   help="with --sizes demo: smallest shape, a fraction of the image side")
     p.add_argument("--max-strokes", type=int, default=None,
                    help="at most this many background distractor strokes (default: the demo's look, 3-12)")
     p.add_argument("--sizes", default=None, metavar="LO,HI",
-                   help="shape sizes drawn in LO-HI of the side, inside the frame (default: 0.3,0.8; with "
-                        "--clutter the demo's sizes)")
+                   help="shape sizes drawn in LO-HI of the side, inside the frame, or 'demo': the demo's sizes, "
+                        "redrawn below --min-size (default: 0.3,0.8; with --clutter, demo)")
     p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs with 100%% of the labels")
     p.add_argument("--epochs-10pct", type=int, default=38,
                    help="fine-tuning epochs with 10%% of the labels (about as many steps as --epochs at 100%%)")
@@ -112,8 +112,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     img, window = cfg["data"]["img_size"], cfg["model"]["encoder"]["window_size"]
-    if a.sizes is None and not a.clutter:
-        a.sizes = "0.3,0.8"
+    if a.sizes is None:
+        a.sizes = "demo" if a.clutter else "0.3,0.8"
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
     st = Stages(out, a.threads)
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
                     "--train-per-class", str(a.train_per_class), "--val-per-class", str(a.val_per_class),
                     "--img-size", str(img), "--min-size", str(a.min_size), "--inside",
                     *([] if a.max_strokes is None else ["--max-strokes", str(a.max_strokes)]),
-                    *([] if a.sizes is None else ["--sizes", a.sizes]),
+                    *([] if a.sizes == "demo" else ["--sizes", a.sizes]),
                     *([] if a.clutter else ["--silhouette"])], done=os.path.isfile(os.path.join(data, "DONE")))
 
     starts = [("random init", "rand", "", None)]
