@@ -44,4 +44,4 @@ def test_demo_classify_runs_reuses_and_refuses_other_settings(tmp_path, capsys):
     older.mkdir()
     (older / "times.json").write_text('{"data": 1.0}')
     assert demo.main(["--out", str(older), *TOY]) == 2
-    assert "holds a run with other settings" in capsys.readouterr().err
+    assert "holds a run with other settings (none recorded)" in capsys.readouterr().err

@@ -119,9 +119,10 @@ def main(argv=None) -> int:
     st = Stages(out, a.threads)
     # what the stages' results depend on: reusing them under other settings would mix two runs
     settings = {k: v for k, v in sorted(vars(a).items()) if k not in ("out", "threads", "no_simmim")}
-    old = st.times.get("settings", {} if os.listdir(out) else settings)  # a folder of an older version: refused
+    old = st.times.get("settings", None if os.listdir(out) else settings)
     if old != settings:
-        diff = ", ".join(f"{k}: {old.get(k, '?')} -> {v}" for k, v in settings.items() if old.get(k) != v)
+        diff = ("none recorded" if old is None else  # a folder of an earlier version, or not ours
+                ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v))
         print(f"error: {out} holds a run with other settings ({diff}); choose another --out or delete it",
               file=sys.stderr)
         return 2
