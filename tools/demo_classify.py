@@ -8,7 +8,7 @@ both wall times reported), with 100% and 10% of the labels.
 
 The data is a classification split of the demo's five shapes (one shape per image, its class the
 label): by default their silhouettes, white on black, of 30-80% of the side and inside the frame
-(2500 train / 300 val images, ~31 min on 2 cores); with --clutter the demo's textured shapes on its
+(2500 train / 300 val images, ~27 min on 2 cores); with --clutter the demo's textured shapes on its
 cluttered backgrounds, at the demo's sizes but at least --min-size of the side. On clutter a small
 Swin from scratch stays at chance at CPU scale, so pretraining has nothing to speed up (see
 docs/finetune.md); outlines are learnt, and there pretraining shows its gain. Both pretrainings
