@@ -16,6 +16,9 @@ TOY = ["--no-simmim", "--train-per-class", "20", "--val-per-class", "2", "--pret
 
 def test_demo_classify_runs_reuses_and_refuses_other_settings(tmp_path, capsys):
     out = str(tmp_path / "dc")
+    os.makedirs(out)  # a run that failed before any stage finished: its settings hold nothing back
+    with open(os.path.join(out, "times.json"), "w") as f:
+        json.dump({"settings": {"sizes": "0.5,0.95"}}, f)
     assert demo.main(["--out", out, *TOY]) == 0
     table = capsys.readouterr().out
     rows = [r for r in table.splitlines() if r.startswith("| random") or r.startswith("| GreenMIM")]

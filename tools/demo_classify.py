@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     # what the stages' results depend on: reusing them under other settings would mix two runs
     settings = {k: v for k, v in sorted(vars(a).items()) if k not in ("out", "threads", "no_simmim")}
     old = st.times.get("settings", None if os.listdir(out) else settings)
-    if old != settings:
+    if old != settings and (old is None or len(st.times) > 1):  # refused only with finished stages
         diff = ("none recorded" if old is None else  # a folder of an earlier version, or not ours
                 ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v))
         print(f"error: {out} holds a run with other settings ({diff}); choose another --out or delete it",
