@@ -66,7 +66,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             mask = bias.to(q.dtype).expand(b, h, n, t, t).reshape(b * h, n, t, t)
         out = F.scaled_dot_product_attention(q.reshape(b * h, n, t, d), k.reshape(b * h, n, t, d),
                                              v.reshape(b * h, n, t, d), attn_mask=mask)
-        return out.view(b, h, n, t, d)
+        return out.unflatten(0, (b, h))  # any layout: callers never assume a contiguous output
     scores = torch.bmm(q.reshape(-1, t, d), k.reshape(-1, t, d).transpose(1, 2)).view(b, h, n, t, t)
     scale = d ** -0.5
     scores = scores * scale if bias is None else torch.add(bias.to(scores.dtype), scores, alpha=scale)
@@ -76,8 +76,9 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def compute_dtype(like: torch.Tensor) -> torch.dtype:
     """The dtype attention scores have under the current autocast state (like's dtype without)."""
-    if torch.is_autocast_enabled(like.device.type):
-        return torch.get_autocast_dtype(like.device.type)
+    kind = like.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
     return like.dtype
 
 
@@ -307,9 +308,10 @@ class GroupPlan:
         d = three_c // (3 * num_heads)
         slots = _SlotGather.apply(qkv.view(b // p, p * n, 3, num_heads, d), self.gather, self.scatter)
         q, k, v = slots.view(3, b // p, num_heads, g_count, g, d).unbind(0)     # [B/P, heads, G, g, d]
-        out = window_attention(q, k, v, bias)
-        return _SlotScatter.apply(out.view(b // p, num_heads, g_count * g, d), self.scatter,
-                                  self.gather).view(*qkv.shape[:-1], three_c // 3)
+        # The kernel's output layout is its own (CUDA's SDPA returns [.., g, G, d] strides), so
+        # the groups are merged with flatten, which copies only when the layout needs it.
+        out = window_attention(q, k, v, bias).flatten(2, 3)                    # [B/P, heads, G*g, d]
+        return _SlotScatter.apply(out, self.scatter, self.gather).view(*qkv.shape[:-1], three_c // 3)
 
 
 # Gather and scatter are inverse permutations on the real tokens, so each one's backward is the
