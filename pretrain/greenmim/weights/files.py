@@ -11,12 +11,14 @@ import argparse
 import logging
 import os
 import pickle
-from typing import Any, Dict, Mapping
+from typing import Any, Dict
 
 import numpy as np
 import torch
 
+from ..file_io import CheckpointLoadError, load
 from .errors import CheckpointError
+from .layouts import extract_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +89,8 @@ def load_safetensors(path: str) -> Dict[str, torch.Tensor]:
 
 
 def load_torch_file(path: str) -> Any:
-    """torch.load(path, weights_only=True) on the CPU, with greenmim.engine.checkpoint.load's
-    one-line errors, plus the plain-data types other projects pickle next to their weights."""
-    from ..engine.checkpoint import CheckpointLoadError, load
-
+    """torch.load(path, weights_only=True) on the CPU, with greenmim.file_io.load's one-line
+    errors, plus the plain-data types other projects pickle next to their weights."""
     _check_exists(path)
     try:
         return load(path, map_location="cpu", safe_globals=_safe_globals())
@@ -119,15 +119,7 @@ def read_file(path: str, *, trust_pickle: bool = False) -> Any:
 def read_weights(path: str) -> Dict[str, torch.Tensor]:
     """The raw state dict (name -> tensor) in any supported file, keys as stored; never unpickles
     code. Checkpoints that nest it ({"model": ...}, {"state_dict": ...}) are unwrapped."""
-    from .layouts import extract_state_dict
-
     return extract_state_dict(read_file(path), os.fspath(path))
-
-
-def as_tensors(obj: Mapping) -> Dict[str, Any]:
-    """numpy arrays (detectron2 .pkl files) as tensors; other values unchanged."""
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-            for k, v in obj.items()}
 
 
 def _check_exists(path: str) -> None:

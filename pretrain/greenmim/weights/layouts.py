@@ -19,10 +19,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .errors import CheckpointError, LayoutError
-from .files import as_tensors
 
 SWIN_PATCH_EMBED = "patch_embed.proj.weight"
 TWINS_PATCH_EMBED = "patch_embeds.0.proj.weight"
@@ -43,6 +43,12 @@ class Layout:
     timm: bool
     prefix: str
     name: str
+
+
+def as_tensors(obj: Mapping) -> Dict[str, Any]:
+    """numpy arrays (detectron2 .pkl files) as tensors; other values unchanged."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+            for k, v in obj.items()}
 
 
 def _is_tensor_mapping(obj: Any) -> bool:

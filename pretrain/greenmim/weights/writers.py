@@ -16,6 +16,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
+from ..file_io import atomic_save, atomic_write
 from .errors import CheckpointError
 from .layouts import DETECTRON2_PREFIX, TWINS_PATCH_EMBED, timm_head_names, to_timm
 
@@ -85,8 +86,6 @@ def write_weights(encoder: Mapping[str, torch.Tensor], path: str, fmt: str = "en
         # the final classification norm is not part of a detection backbone
         tensors = {DETECTRON2_PREFIX + k: v for k, v in encoder.items() if not k.startswith("norm.")}
         note = f"keys under '{DETECTRON2_PREFIX}', the final classification norm left out"
-    from ..engine.checkpoint import atomic_save  # lazily: the engine may import this package
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     if safetensors:
         save_safetensors(tensors, path, dict(metadata or {}, format="pt", layout=fmt))
@@ -100,8 +99,6 @@ def write_weights(encoder: Mapping[str, torch.Tensor], path: str, fmt: str = "en
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
     """safetensors.torch.save through atomic_write; metadata values must be strings."""
     from safetensors.torch import save
-
-    from ..engine.checkpoint import atomic_write
 
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)

@@ -18,7 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from greenmim.engine.checkpoint import CheckpointWriteError, atomic_save, atomic_write
+from greenmim.file_io import CheckpointWriteError, atomic_save, atomic_write
 from greenmim.weights import (
     ArchitectureMismatchError,
     CheckpointError,
