@@ -103,3 +103,18 @@ def test_fine_tuning_subset_and_augmentation_draws_are_pinned(tmp_path):
     got, label = SeededLabelledDataset(ds, seed=3)[(2, 1)]
     assert label == 0
     assert got == pytest.approx((0.31662791594998263, 0.21128568201497266, 0.08913540840148926), abs=1e-12)
+
+
+def test_one_home_below_the_engine():
+    import subprocess
+    import sys
+    code = ("import sys, greenmim.data.classification, greenmim.data.seeds; "
+            "print([m for m in sys.modules if m.startswith('greenmim.engine')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # the data floor does not reach up into the engine
+    from greenmim.data import seeds
+    from greenmim.engine import data, mask_collate, train
+    assert data.SeededDataset is seeds.SeededDataset and data.sample_seed is seeds.sample_seed
+    assert mask_collate.mask_seed is seeds.mask_seed and train.step_seed is seeds.step_seed
+    with pytest.raises(TypeError, match="takes 2 keys"):
+        seeds.seed_of(seeds.SAMPLE, 0, 1)

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from ..config import ConfigError
-from ..engine.data import SeededDataset, sample_seed
 from .folder import ImageFolderDataset
+from .seeds import SUBSET, SeededDataset, sample_seed, seed_of
 
 LAYOUT = "root/train/<class>/<img> and root/val/<class>/<img>"
 
@@ -59,7 +59,7 @@ class LabelledImageFolder(ImageFolderDataset):
         in their sorted order (so a subset is the same on every process and machine)."""
         if fraction >= 1.0:
             return
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + 17)
+        g = torch.Generator().manual_seed(seed_of(SUBSET, seed))
         keep: List[int] = []
         for c in range(len(self.classes)):
             idx = [i for i, t in enumerate(self.targets) if t == c]

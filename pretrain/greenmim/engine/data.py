@@ -17,29 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import ConfigError
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch) * 7_919 * 1_000_033 + int(index)) % (2 ** 63)
-
-
-class SeededDataset(Dataset):
-    """Wraps a dataset so that item (epoch, index) is augmented with its own seeded torch RNG.
-    Items that are tuples (image, label) are reduced to the image."""
-
-    def __init__(self, dataset: Dataset, seed: int = 0):
-        self.dataset = dataset
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: Tuple[int, int]) -> torch.Tensor:
-        epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            item = self.dataset[index]
-        return item[0] if isinstance(item, (tuple, list)) else item
+from ..data.seeds import ORDER, SeededDataset, sample_seed, seed_of  # noqa: F401 (re-exported)
 
 
 class SyntheticImages(Dataset):
@@ -94,7 +72,7 @@ class StepBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
         g = torch.Generator()
-        g.manual_seed(int(self.seed) * 1_000_003 + self.epoch)
+        g.manual_seed(seed_of(ORDER, self.seed, self.epoch))
         perm = torch.randperm(self.num_samples, generator=g).tolist()
         lo = self.rank * self.micro_batch
         for k in range(self.start_step * self.accum_iter, self.steps_per_epoch * self.accum_iter):

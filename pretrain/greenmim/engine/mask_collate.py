@@ -18,10 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.masking import MaskGenerator, UnitMask
-
-
-def mask_seed(seed: int, epoch: int, index: int) -> int:
-    return (int(seed) * 2_654_435_761 + int(epoch) * 97_531 * 1_000_003 + int(index) + 7) % (2 ** 63)
+from ..data.seeds import mask_seed  # noqa: F401 (re-exported)
 
 
 class KeyedDataset(Dataset):

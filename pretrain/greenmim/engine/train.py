@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..config import UserError
 from ..data.masking import MaskGenerator, UnitMask
+from ..data.seeds import step_seed  # noqa: F401 (finetune_epoch imports it from here)
 from . import dist as gdist
 from . import faults
 from .logger import TrainLogger
@@ -63,12 +64,6 @@ class StepConfig:
                    lr_fn=lambda s: lr_at(s, total, warmup, lr, t["min_lr"]), amp_dtype=amp_dtype,
                    clip_grad=t["clip_grad"], max_steps=t["max_steps"],
                    log_every=max(1, int(cfg["log"]["every_steps"])), seed=cfg["seed"], **extra)
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """Seed of torch's global RNG for one optimiser step of one process: drop-path and any other
-    randomness in the model is a function of (seed, step, rank), hence identical after a resume."""
-    return (int(seed) * 1_000_003 + int(step) * 65_537 + int(rank) * 7_919 + 12_345) % (2 ** 63)
 
 
 def draw_masks(generator: MaskGenerator, micro_batch: int, world_size: int, rank: int) -> UnitMask:
