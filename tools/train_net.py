@@ -47,6 +47,7 @@ from greenmim_det.config_check import UnknownConfigKeyError, check_override_keys
 from greenmim_det.data import DatasetError, dataset_thing_classes, ensure_dataset
 from greenmim_det.torchrun import ddp_device_kwargs, init_torchrun_process_groups, started_by_torchrun
 from greenmim.config import UserError
+from greenmim.engine.program import one_line
 from greenmim.engine.run_lock import hold_output_dir
 
 logger = logging.getLogger("detectron2")
@@ -173,17 +174,7 @@ def _setup_and_run(args, cfg):
         return do_train(args, cfg)
     except (DatasetError, CheckpointError) as e:
         # bad input: one line, no traceback
-        raise SystemExit(f"error: {_one_line(e)}") from None
-
-
-def _one_line(e: BaseException) -> str:
-    """The message of an error; one raised in a DataLoader worker arrives wrapped in the worker's
-    traceback, whose last line is the original `Class: message`."""
-    text = str(e).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text
+        raise SystemExit(f"error: {one_line(e)}") from None
 
 
 def parse_args(argv=None):

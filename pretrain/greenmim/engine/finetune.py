@@ -8,7 +8,8 @@
 
 Writes output_dir/log.jsonl (per step: loss, lr; per epoch: epoch, train_loss, val_acc1, val_acc5),
 checkpoint-last.pth (step-exact resume=auto), checkpoint-best.pth (best val top-1) and, with
---eval-only, eval.json. Errors and exit statuses are those of pretraining (pretrain.run_guarded).
+--eval-only, eval.json. Errors and exit statuses are those of every GreenMIM program
+(greenmim.engine.program).
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from .finetune_init import init_classifier, load_finetuned
 from .layer_decay import layer_decay_param_groups
 from .logger import TrainLogger
 from .optim import build_optimizer
-from .pretrain import AMP_DTYPES, _check_resumable, _first_error_line, _resume_path, batch_layout, run_guarded
+from .pretrain import AMP_DTYPES, batch_layout
+from .program import check_resumable, first_error_line, resume_path, run_guarded
 from .run_lock import hold_output_dir
 from .train import StepConfig
 
@@ -175,23 +177,23 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo, eval_only: bool, checkpoint:
     logger = TrainLogger(out_dir, enabled=info.is_main, tensorboard=cfg["log"]["tensorboard"],
                          progress_bar=cfg["log"]["progress_bar"])
     try:
-        resume_path = _resume_path(cfg)
-        if resume_path:
-            c = ckpt.load(resume_path)
-            _check_resumable(c, resume_path, cfg)
+        resume_from = resume_path(cfg)
+        if resume_from:
+            c = ckpt.load(resume_from)
+            check_resumable(c, resume_from, cfg)
             try:
                 model.load_state_dict(c["model"])
                 optimizer.load_state_dict(c["optimizer"])
                 if ema is not None and c.get("ema"):
                     ema.module.load_state_dict(c["ema"])
             except (RuntimeError, ValueError, KeyError) as e:
-                raise ConfigError(f"checkpoint {resume_path} does not fit this config's classifier "
-                                  f"({_first_error_line(e)}); use another output_dir or resume=none") from None
+                raise ConfigError(f"checkpoint {resume_from} does not fit this config's classifier "
+                                  f"({first_error_line(e)}); use another output_dir or resume=none") from None
             if c.get("scaler"):
                 scaler.load_state_dict(c["scaler"])
             state, best = FinetuneState(**c["state"]), dict(c.get("best") or best)
             ckpt.set_rng_state(c["rng"])
-            logger.info(f"resumed from {resume_path} at step {state.step} (epoch {state.epoch + 1})")
+            logger.info(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch + 1})")
         else:
             if cfg["model"]["init"]:
                 logger.info(init_classifier(model, cfg["model"]["init"], encoder))

@@ -10,7 +10,7 @@ from torch import nn
 from ..config import ConfigError, UserError
 from . import checkpoint as ckpt
 from ..weights import load_encoder_weights, read_file
-from .pretrain import _first_error_line
+from .program import first_error_line
 
 _BUFFERS = ("relative_position_index", "attn_mask", "relative_coords_table")
 
@@ -37,7 +37,7 @@ def init_classifier(model: nn.Module, path: str, encoder: nn.Module) -> str:
     try:
         report = load_encoder_weights(encoder, obj, strict=True)
     except (UserError, RuntimeError, KeyError, ValueError) as e:
-        raise ConfigError(f"model.init={path}: {_first_error_line(e)}") from None
+        raise ConfigError(f"model.init={path}: {first_error_line(e)}") from None
     missing, unexpected = model.load_state_dict(encoder.state_dict(), strict=False)
     missing = [k for k in missing if not k.startswith("head.")]
     if missing or unexpected:  # the classifier is its encoder plus a head: cannot happen
@@ -93,6 +93,6 @@ def load_finetuned(model: nn.Module, path: str, cfg: Dict[str, Any], classes: Li
         model.load_state_dict({k: v for k, v in sd.items() if k.rsplit(".", 1)[-1] not in _BUFFERS})
     except (RuntimeError, ValueError) as e:
         raise ConfigError(f"checkpoint {path} does not fit this config's classifier "
-                          f"({_first_error_line(e)}); use the config it was trained with") from None
+                          f"({first_error_line(e)}); use the config it was trained with") from None
     return c if isinstance(c, dict) else {}
 

@@ -7,21 +7,18 @@ Problems the user can fix (bad config key, empty data folder, batch size that do
 the processes, diverged loss or gradients, unreadable checkpoint, disk full, an output_dir that
 another run is using) end the program with one line `error: ...` and exit status 2. A process
 that loses the others (one died, or hung past `dist_timeout_s`) prints one `error:` line and exits
-with 3; SIGTERM prints one and exits with 143.
+with 3; SIGTERM prints one and exits with 143 (greenmim.engine.program.run_guarded).
 Checkpoints are atomic, so a kill at any moment loses only the steps since the last one.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import sys
-import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..config import ConfigError, UserError, config_argument_parser, dump_config, load_config
+from ..config import ConfigError, config_argument_parser, dump_config, load_config
 from ..data.masking import MaskGenerator
 from . import checkpoint as ckpt
 from . import dist as gdist
@@ -30,6 +27,7 @@ from .data import build_dataset, build_loader, skipped_images
 from .logger import TrainLogger
 from .mask_collate import collator_for
 from .optim import build_optimizer, scaled_lr
+from .program import check_resumable, first_error_line, resume_path, run_guarded
 from .run_lock import hold_output_dir
 from .train import StepConfig, TrainState, train_one_epoch
 from .visualize import save_reconstruction
@@ -105,22 +103,22 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
     logger = TrainLogger(out_dir, enabled=info.is_main, tensorboard=cfg["log"]["tensorboard"],
                          progress_bar=cfg["log"]["progress_bar"])
     try:
-        resume_path = _resume_path(cfg)
-        if resume_path:
-            c = ckpt.load(resume_path)  # weights_only: refuses pickled code, one-line errors
-            _check_resumable(c, resume_path, cfg)
+        resume_from = resume_path(cfg)
+        if resume_from:
+            c = ckpt.load(resume_from)  # weights_only: refuses pickled code, one-line errors
+            check_resumable(c, resume_from, cfg)
             try:
                 model.load_state_dict(c["model"])
                 optimizer.load_state_dict(c["optimizer"])
             except (RuntimeError, ValueError, KeyError) as e:
-                raise ConfigError(f"checkpoint {resume_path} does not fit this config's model "
-                                  f"({_first_error_line(e)}); use another output_dir "
+                raise ConfigError(f"checkpoint {resume_from} does not fit this config's model "
+                                  f"({first_error_line(e)}); use another output_dir "
                                   "or resume=none") from None
             if c.get("scaler"):
                 scaler.load_state_dict(c["scaler"])
             state = TrainState(**c["state"])
             ckpt.set_rng_state(c["rng"], mask_gen)
-            logger.info(f"resumed from {resume_path} at step {state.step} (epoch {state.epoch + 1}, "
+            logger.info(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch + 1}, "
                         f"step {state.epoch_step} of {steps_per_epoch})")
         elif info.is_main:
             os.makedirs(out_dir, exist_ok=True)
@@ -231,84 +229,6 @@ def _graphed_step(cfg: Dict[str, Any], model: torch.nn.Module, device: torch.dev
     return GraphedStep(model, amp_dtype)
 
 
-def _first_error_line(e: Exception) -> str:
-    """The informative line of a load_state_dict error (its first line only names the class)."""
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith("Error(s) in loading")]
-    return (useful or lines or [type(e).__name__])[0][:240]
-
-
-def _check_resumable(c: Any, path: str, cfg: Dict[str, Any]) -> None:
-    """One-line errors for a file that is not a training checkpoint, or one of another model."""
-    need = ("model", "optimizer", "state", "rng")
-    missing = [k for k in need if not isinstance(c, dict) or k not in c]
-    if missing:
-        raise ConfigError(f"{path} is not a GreenMIM training checkpoint (no {', '.join(missing)}); "
-                          "resume needs a checkpoint-*.pth written by pretraining — use resume=none "
-                          "to start afresh")
-    old = c.get("config", {}).get("model") if isinstance(c.get("config"), dict) else None
-    if isinstance(old, dict):
-        # what decides the parameter shapes (drop_path_rate and the like may change on resume)
-        def shape_keys(m: Dict[str, Any]) -> Dict[str, Any]:
-            enc = m.get("encoder") or {}
-            out = {k: m.get(k) for k in ("type", "arch", "decoder_dim", "decoder_depth", "decoder_num_heads")}
-            out.update({f"encoder.{k}": enc.get(k) for k in ("embed_dim", "depths", "num_heads", "window_size")})
-            return out
-        a, b = shape_keys(old), shape_keys(cfg["model"])
-        diff = [f"model.{k}: checkpoint {a[k]!r} vs config {b[k]!r}" for k in a if a[k] != b[k]]
-        if diff:
-            raise ConfigError(f"checkpoint {path} is of another architecture ({'; '.join(diff[:3])}); "
-                              "use the config it was trained with, another output_dir, or resume=none")
-
-
-def _resume_path(cfg: Dict[str, Any]) -> Optional[str]:
-    r = cfg["resume"]
-    if r in (None, False, "", "none"):
-        return None
-    if r == "auto":
-        return ckpt.find_last(cfg["output_dir"])
-    if not os.path.isfile(str(r)):
-        raise ConfigError(f"resume={r}: no such checkpoint file; use resume=auto or a path to a .pth")
-    return str(r)
-
-
-class Terminated(UserError):
-    """SIGTERM arrived: the scheduler cancelled or preempted the job, or torchrun stops the other
-    processes because one of them failed."""
-
-
-def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise Terminated("stopped by SIGTERM (job cancelled or preempted, or another process of the "
-                     "job failed); checkpoint-last.pth holds the last completed checkpoint — "
-                     "restart with resume=auto")
-
-
-def _quiet_sigterm(in_main_thread: bool) -> None:
-    """This process is already on its way out with its one error line; a SIGTERM arriving now
-    (torchrun stopping the job) must not add a second message or a traceback."""
-    if in_main_thread:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _one_line(e: BaseException) -> str:
-    """The message of a UserError; one raised in a DataLoader worker arrives wrapped in the
-    worker's traceback, whose last line is the original `Class: message`."""
-    text = str(e).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text
-
-
-def is_collective_failure(e: BaseException) -> bool:
-    """A failed or timed-out collective: another process died, hung or lost the network."""
-    if isinstance(e, torch.distributed.DistError):
-        return True
-    text = str(e)
-    return isinstance(e, RuntimeError) and any(
-        s in text for s in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out"))
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs pretraining; exit status 0 done, 2 a user error (one `error:` line), 3 the job lost
     one of its processes (one `error:` line per surviving process), 143 SIGTERM."""
@@ -321,34 +241,3 @@ def main(argv: Optional[List[str]] = None) -> int:
         run(cfg)
         return 0
     return run_guarded(body)
-
-
-def run_guarded(body: Callable[[], int]) -> int:
-    """Runs a program's body with main()'s exit-status contract: its return value, 2 with one
-    `error:` line for a UserError, 3 for a lost process, 143 for SIGTERM."""
-    rank = int(os.environ.get("RANK", 0))
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
-    try:
-        return body()
-    except Terminated as e:
-        _quiet_sigterm(in_main_thread)
-        print(f"error: rank {rank}: {e}", file=sys.stderr, flush=True)
-        return 143
-    except UserError as e:
-        if rank == 0:
-            print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - only collective failures are handled here
-        if not is_collective_failure(e):
-            raise
-        _quiet_sigterm(in_main_thread)  # torchrun's SIGTERM may follow: one message is enough
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        print(f"error: rank {rank}: lost contact with the other processes ({first}): one of them "
-              f"died or hung longer than dist_timeout_s; checkpoint-last.pth is intact — fix the "
-              f"cause (see the first failing rank's log) and restart with resume=auto",
-              file=sys.stderr, flush=True)
-        return 3
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
