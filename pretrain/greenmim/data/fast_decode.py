@@ -5,36 +5,36 @@ in the DCT; PIL exposes it as `Image.draft`). RandomResizedCrop throws most pixe
 is drawn first, from the file's header size, and the image is then decoded at the largest
 reduction that keeps the crop at least as large as the output, so the resize that follows sees
 at least as many pixels as it writes (no upsampling that the full decode would not also do).
-Other formats decode in full. The crop parameters come from torchvision's own
-RandomResizedCrop.get_params with the same RNG draws, so a seeded sample gets the same crop box.
+Other formats decode in full. The crop box and the flip come from crop.draw_crop, as on every
+other path, so a seeded sample gets the same box and flip.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence
 
 from PIL import Image
 from torchvision import transforms as T
 
+from .crop import RATIO, SCALE, draw_crop
 from .folder import to_rgb
 
 
 class DraftRandomResizedCrop:
-    """file path -> RGB PIL image [size, size], a random resized crop (bicubic) as T.RandomResizedCrop.
+    """file path -> RGB PIL image [size, size]: a random resized crop (bicubic) and a random
+    horizontal flip, drawn by crop.draw_crop.
 
     reads_files: the dataset hands this transform the file path, and decoding happens here.
     """
 
     reads_files = True
 
-    def __init__(self, size: int, scale: Sequence[float] = (0.2, 1.0),
-                 ratio: Sequence[float] = (3 / 4, 4 / 3)):
+    def __init__(self, size: int, scale: Sequence[float] = SCALE, ratio: Sequence[float] = RATIO):
         self.size, self.scale, self.ratio = int(size), tuple(scale), tuple(ratio)
 
     def __call__(self, path: str) -> Image.Image:
         with Image.open(path) as img:
             width, height = img.size
-            # get_params reads only the size of the (still undecoded) image
-            top, left, h, w = T.RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
+            top, left, h, w, flip = draw_crop(width, height, self.scale, self.ratio)  # header size only
             reduce = 1
             while reduce < 8 and min(h, w) // (2 * reduce) >= self.size:
                 reduce *= 2
@@ -44,7 +44,8 @@ class DraftRandomResizedCrop:
             fx, fy = img.size[0] / width, img.size[1] / height
             rgb = to_rgb(img, path)
         box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
-        return rgb.resize((self.size, self.size), Image.BICUBIC, box=box)
+        out = rgb.resize((self.size, self.size), Image.BICUBIC, box=box)
+        return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out
 
 
 class FileTransform(T.Compose):
