@@ -13,9 +13,10 @@ from greenmim.models.mim import GreenMIM
 SMALL = dict(img_size=128, embed_dim=16, depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4), window_size=4)
 
 
-def build(static: bool = True) -> GreenMIM:
+def build(static: bool = True, arch: str = "swin_tiny") -> GreenMIM:
     torch.manual_seed(0)
-    enc = greenmim.build_encoder("swin_tiny", static_shapes=static, **SMALL)
+    size = SMALL if arch.startswith("swin") else {k: v for k, v in SMALL.items() if k != "window_size"}
+    enc = greenmim.build_encoder(arch, static_shapes=static, **size)
     return GreenMIM(enc, img_size=128, decoder_dim=32, decoder_num_heads=2).double()
 
 
@@ -26,11 +27,13 @@ def step(model, images, mask, plans):
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("shared,unit_mask", [(True, False), (False, False), (True, True)],
-                         ids=["shared", "per-sample", "shared-UnitMask"])
-def test_compile_one_graph_for_all_masks_equal_to_eager(shared, unit_mask):
+@pytest.mark.parametrize("arch,shared,unit_mask", [("swin_tiny", True, False), ("swin_tiny", False, False),
+                                                   ("swin_tiny", True, True), ("twins_svt_small", True, True),
+                                                   ("twins_svt_small", False, True)],
+                         ids=["shared", "per-sample", "shared-UnitMask", "twins-shared", "twins-per-sample"])
+def test_compile_one_graph_for_all_masks_equal_to_eager(arch, shared, unit_mask):
     torch._dynamo.reset()
-    eager, model = build(), build()
+    eager, model = build(arch=arch), build(arch=arch)
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=False)
     planner = model.encoder.planner()
@@ -64,9 +67,10 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("arch", ["swin_tiny", "twins_svt_small"])
 @pytest.mark.parametrize("static", [True, False])
-def test_step_with_plans_never_reads_a_value_on_the_host(static):
-    model = build(static)
+def test_step_with_plans_never_reads_a_value_on_the_host(static, arch):
+    model = build(static, arch)
     mask = MaskGenerator(128, 0.75, shared=False, seed=1)(2)
     plans = model.encoder.planner()(mask)
     images = torch.randn(2, 3, 128, 128, dtype=torch.float64)

@@ -18,9 +18,10 @@ from greenmim.models.window_plans import window_occupancy
 SMALL = dict(img_size=128, embed_dim=16, depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4), window_size=4)
 
 
-def small_encoder(static: bool) -> torch.nn.Module:
+def small_encoder(static: bool, arch: str = "swin_tiny") -> torch.nn.Module:
     torch.manual_seed(0)
-    return greenmim.build_encoder("swin_tiny", static_shapes=static, **SMALL).double()
+    size = SMALL if arch.startswith("swin") else {k: v for k, v in SMALL.items() if k != "window_size"}
+    return greenmim.build_encoder(arch, static_shapes=static, **size).double()
 
 
 def signature(plans: dict) -> tuple:
@@ -36,7 +37,7 @@ def signature(plans: dict) -> tuple:
         elif dataclasses.is_dataclass(obj):
             for f in dataclasses.fields(obj):
                 walk(getattr(obj, f.name))
-    walk([plans["embed_index"], plans["attention"], plans["merge"]])
+    walk([v for k, v in sorted(plans.items()) if k not in ("plan_samples", "static_fallback")])
     return tuple(shapes)
 
 
@@ -47,9 +48,10 @@ def fwd_bwd(enc, x, mask, plans):
     return [o.detach() for o in outs], {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("arch", ["swin_tiny", "twins_svt_small"])
 @pytest.mark.parametrize("shared", [True, False])
-def test_one_signature_for_every_mask_and_equal_to_dynamic(shared):
-    dynamic, static = small_encoder(False), small_encoder(True)
+def test_one_signature_for_every_mask_and_equal_to_dynamic(shared, arch):
+    dynamic, static = small_encoder(False, arch), small_encoder(True, arch)
     gen = MaskGenerator(128, 0.75, shared=shared, seed=5)
     x = torch.randn(3, 3, 128, 128, dtype=torch.float64)
     signatures, dynamic_signatures = set(), set()

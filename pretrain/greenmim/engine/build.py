@@ -23,8 +23,8 @@ def build_encoder_from_config(cfg: Dict[str, Any]) -> nn.Module:
     from .. import build_encoder
     arch = cfg["model"]["arch"]
     kwargs = encoder_kwargs(cfg)
-    # Twins plans its sparse convolutions in the step, so static shapes are Swin's only.
-    if cfg["model"]["static_shapes"] and cfg["model"]["type"] == "green" and arch.startswith("swin"):
+    # Static shapes only matter for the sparse path; the dense baseline has one shape anyway.
+    if cfg["model"]["static_shapes"] and cfg["model"]["type"] == "green":
         kwargs["static_shapes"] = True
     try:
         return build_encoder(arch, **kwargs)

@@ -56,7 +56,7 @@ class GreenEncoder(nn.Module):
         forward_dense(x [B, H/4, W/4, C_0], unit_mask bool [B, Hu, Wu] or None) -> per-stage maps;
             with unit_mask, masked tokens are removed from every attention's keys
         forward_sparse(images, plans) -> per-stage visible tokens [B, N_i, C_i]
-        plan_sparse(unit_mask [P, Hu, Wu], device) -> plans (P = 1: shared by the batch)
+        planner() -> a picklable callable unit_mask [P, Hu, Wu] -> plans (P = 1: shared by the batch)
         stem_module() and stage_modules(i): what freezing stage i means (frozen_modules)
         layer_id(name): layer-decay id of a parameter name
     and may override `no_decay_keywords` and `_init_weights`.
@@ -162,6 +162,12 @@ class GreenEncoder(nn.Module):
             raise ValueError(f"plans were made for {p} masks; this batch has {images.shape[0]} samples")
         return plans
 
-    def plan_sparse(self, unit_mask: torch.Tensor, device=None) -> dict:
+    def planner(self):
+        """This encoder's planner: a picklable callable of plain values, unit_mask [P, Hu, Wu] ->
+        plans (P = 1: shared by the batch), that DataLoader workers run ahead of the step."""
         raise NotImplementedError
 
+    def plan_sparse(self, unit_mask: torch.Tensor, device=None) -> dict:
+        """Every index the sparse path needs, from a unit mask [P, Hu, Wu] (P = 1: shared by the
+        batch): made once per step on the host; blocks only read it."""
+        return self.planner()(unit_mask, device)

@@ -253,9 +253,3 @@ class GreenSwinTransformer(GreenEncoder):
         """This encoder's planner: plain values, picklable (see SparsePlanner)."""
         return SparsePlanner(tuple(s.window_size for s in self.layers), tuple(s.shift_size for s in self.layers),
                              self.tokens_per_unit, self.attn_mode, self.static_shapes)
-
-    def plan_sparse(self, unit_mask: torch.Tensor, device=None) -> dict:
-        """Every index the sparse path needs, from a unit mask [P, Hu, Wu] (P = 1: shared by the
-        batch). Made once per step on the host; blocks only read it (SparsePlanner.__call__)."""
-        return self.planner()(unit_mask, device)
-

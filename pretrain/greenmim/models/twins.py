@@ -23,14 +23,10 @@ import torch.utils.checkpoint as cp
 from torch import nn
 
 from ..data.masking import MASK_UNIT, upsample_mask
-from .ragged_plan import RaggedPlan
-from .sparse_conv import (SPARSE_CONV_BACKENDS, SparseSites, StridedConvPlan, embed_visible_patches,
-                          recompute_in_backward, strided_conv)
+from .sparse_conv import SPARSE_CONV_BACKENDS, embed_visible_patches, recompute_in_backward, strided_conv
 from .encoder_base import ATTENTION_MODES, GreenEncoder, check_img_size, init_transformer_weights, pair
-from .token_layout import stage_layouts
 from .twins_blocks import BlockNorm, PosConv, TwinsBlock, TwinsPatchEmbed
-from .twins_plans import DenseStage, SparseStage, dense_kv_mask
-from .window_plans import GroupPlan
+from .twins_plans import DenseStage, TwinsPlanner, dense_kv_mask
 
 # Published Twins-SVT sizes (Chu et al. 2021, Table 2; timm twins_svt_*): widths double per stage.
 TWINS_ARCHS: Dict[str, dict] = {
@@ -56,17 +52,24 @@ class GreenTwinsSVT(GreenEncoder):
         attn_mode: sparse-path LSA: "group" (padded groups, SDPA; "auto" picks it, as for Swin) or
             "ragged" (FlexAttention, forward-only on CPU).
         conv_backend: sparse-path convolutions: "auto", "spconv" or "torch" (see sparse_conv.py).
+        static_shapes: sparse-path tensors get shapes that depend on batch, image size, visible
+            count and mask kind only, never on the mask (CUDA graphs, torch.compile without
+            recompiles); see static_shapes.py. Group attention only.
     """
 
     def __init__(self, img_size=224, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 64,
                  depths: Sequence[int] = (2, 2, 10, 4), num_heads: Sequence[int] = (2, 4, 8, 16),
                  sr_ratios: Sequence[int] = (8, 4, 2, 1), window_size: int = 7, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.0, attn_mode: str = "auto", conv_backend: str = "auto"):
+                 drop_path_rate: float = 0.0, attn_mode: str = "auto", conv_backend: str = "auto",
+                 static_shapes: bool = False):
         super().__init__()
         self.img_size = pair(img_size)
         self.depths, self.num_heads, self.sr_ratios = tuple(depths), tuple(num_heads), tuple(sr_ratios)
         self._check_args(patch_size, window_size, attn_mode, conv_backend)
-        self.attn_mode, self.conv_backend = attn_mode, conv_backend
+        if static_shapes and attn_mode == "ragged":
+            raise ValueError("static_shapes pads window groups to fixed sizes; it needs "
+                             "attn_mode 'group' or 'auto', not 'ragged'")
+        self.attn_mode, self.conv_backend, self.static_shapes = attn_mode, conv_backend, bool(static_shapes)
         self.patch_size, self.in_chans, self.embed_dim = patch_size, in_chans, embed_dim
         self.window_size = window_size
         n = len(self.depths)
@@ -189,29 +192,7 @@ class GreenTwinsSVT(GreenEncoder):
             outs.append(x)
         return outs
 
-    def plan_sparse(self, unit_mask: torch.Tensor, device=None) -> dict:
-        """Every index the sparse path needs, from a unit mask [P, Hu, Wu] (P = 1: shared by the
-        batch). Made once per step on the host; blocks only read it.
-
-        Returns {"embed_index": [P*N_0] visible 4x4 patches, "embed": [StridedConvPlan stage i -> i+1],
-        "stages": [SparseStage per stage], "plan_samples": P}.
-        """
-        unit_mask = unit_mask.cpu()
-        dev = device if device is not None else torch.device("cpu")
-        layouts = stage_layouts(unit_mask, len(self.depths), self.tokens_per_unit)
-        plan_cls = RaggedPlan if self.attn_mode == "ragged" else GroupPlan
-        stages, embeds = [], []
-        for i, lay in enumerate(layouts):
-            attn = plan_cls.build(lay.rows, lay.cols, lay.height, lay.width, self.window_size, 0, dev)
-            sr = self.sr_ratios[i]
-            kv_plan = None
-            if sr > 1:
-                kv_layout = stage_layouts(unit_mask, 1, (self.tokens_per_unit >> i) // sr)[0]
-                kv_plan = StridedConvPlan.build(lay, kv_layout, sr, dev)
-            stages.append(SparseStage(self.window_size, attn, kv_plan, SparseSites.from_layout(lay, dev),
-                                      self.conv_backend))
-            if i > 0:
-                embeds.append(StridedConvPlan.build(layouts[i - 1], lay, 2, dev))
-        return {"embed_index": layouts[0].flat_index.to(dev, non_blocking=True),
-                "embed": embeds, "stages": stages, "plan_samples": unit_mask.shape[0]}
-
+    def planner(self) -> TwinsPlanner:
+        """This encoder's planner: plain values, picklable (see TwinsPlanner)."""
+        return TwinsPlanner(self.window_size, self.sr_ratios, self.tokens_per_unit, self.conv_backend,
+                            self.attn_mode, self.static_shapes)

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..data.masking import upsample_mask
+from ..data.masking import check_mask, upsample_mask
 
+from .ragged_plan import RaggedPlan
 from .sparse_conv import (SparseSites, StridedConvPlan, depthwise_conv3x3, recompute_in_backward,
                           strided_conv)
-from .window_plans import WindowPlan
+from .static_shapes import static_shapes_for
+from .token_layout import stage_layouts
+from .window_plans import GroupPlan, PlanOverflow, WindowPlan
 
 
 @functools.lru_cache(maxsize=64)  # detection sees a handful of padded sizes: build each once
@@ -97,10 +100,71 @@ class SparseStage:
         return recompute_in_backward(depthwise_conv3x3, x, conv, self.sites, self.backend)
 
 
+@dataclass(frozen=True)
+class TwinsPlanner:
+    """Builds every index of Green Twins' sparse path from a unit mask, on the host, from plain
+    values: picklable and weight-free, so DataLoader workers plan ahead of the step
+    (`encoder.planner()`), as for Swin.
+
+    Only LSA's window groups depend on where the visible units are; the strided convs and the PEG
+    see N_i visible tokens per sample, fixed by the mask ratio. With static_shapes the groups are
+    padded to the fixed (G, g) of static_shapes.py, so every tensor of a step has one shape.
+    """
+    window: int
+    sr_ratios: Tuple[int, ...]
+    tokens_per_unit: int
+    conv_backend: str = "auto"
+    attn_mode: str = "auto"
+    static_shapes: bool = False
+
+    def __call__(self, unit_mask: torch.Tensor, device=None) -> dict:
+        """unit_mask bool [P, Hu, Wu] (P = 1: shared by the batch) -> {"embed_index": [P*N_0]
+        visible 4x4 patches, "embed": [StridedConvPlan stage i -> i+1], "stages": [SparseStage per
+        stage], "plan_samples": P, "static_fallback": the mask took the bound static table}."""
+        unit_mask = unit_mask.cpu()
+        check_mask(unit_mask, unit_mask.shape[0], tuple(unit_mask.shape[1:]))
+        dev = device if device is not None else torch.device("cpu")
+        n = len(self.sr_ratios)
+        layouts = stage_layouts(unit_mask, n, self.tokens_per_unit)
+        fallback = False
+        if self.static_shapes:
+            visible_units = int((~unit_mask[0]).sum())
+            shapes = static_shapes_for((self.window,) * n, (0,) * n, self.tokens_per_unit,
+                                       tuple(unit_mask.shape[1:]), visible_units, unit_mask.shape[0])
+            try:
+                groups = self._group_plans(layouts, shapes.tight, dev)
+            except PlanOverflow:
+                groups, fallback = self._group_plans(layouts, shapes.bound, dev), True
+        else:
+            groups = self._group_plans(layouts, None, dev)
+        stages, embeds = [], []
+        for i, lay in enumerate(layouts):
+            sr = self.sr_ratios[i]
+            kv_plan = None
+            if sr > 1:
+                kv_layout = stage_layouts(unit_mask, 1, (self.tokens_per_unit >> i) // sr)[0]
+                kv_plan = StridedConvPlan.build(lay, kv_layout, sr, dev)
+            stages.append(SparseStage(self.window, groups[i], kv_plan, SparseSites.from_layout(lay, dev),
+                                      self.conv_backend))
+            if i > 0:
+                embeds.append(StridedConvPlan.build(layouts[i - 1], lay, 2, dev))
+        return {"embed_index": layouts[0].flat_index.to(dev, non_blocking=True), "embed": embeds,
+                "stages": stages, "plan_samples": unit_mask.shape[0], "static_fallback": fallback}
+
+    def _group_plans(self, layouts, capacities, dev) -> list:
+        """LSA's window plan of every stage; capacities: per stage ((G, g), _) or None (dynamic)."""
+        if self.attn_mode == "ragged":
+            return [RaggedPlan.build(lay.rows, lay.cols, lay.height, lay.width, self.window, 0, dev)
+                    for lay in layouts]
+        return [GroupPlan.build(lay.rows, lay.cols, lay.height, lay.width, self.window, 0, dev,
+                                **({} if capacities is None else {"static": capacities[i][0]}))
+                for i, lay in enumerate(layouts)]
+
+
 def dense_kv_mask(unit_mask: torch.Tensor, cells_per_unit: int) -> torch.Tensor:
     """unit mask bool [B, Hu, Wu] -> [B, M] mask of the key/value cells (cells_per_unit^2 per unit)."""
     m = upsample_mask(unit_mask, cells_per_unit)
     return m.flatten(1)
 
 
-__all__ = ["DenseStage", "SparseStage", "dense_kv_mask"]
+__all__ = ["DenseStage", "SparseStage", "TwinsPlanner", "dense_kv_mask"]

@@ -109,21 +109,26 @@ class WindowPlan:
     @classmethod
     def build(cls, height: int, width: int, window: int, shift: int,
               token_mask: Optional[torch.Tensor] = None, device=None) -> "WindowPlan":
-        """token_mask: optional bool [B, height, width], True = token removed from the keys."""
+        """token_mask: optional bool [B, height, width], True = token removed from the keys.
+
+        Every tensor is made on `device`: under torch.compile this runs inside the compiled
+        region, where an op on a host tensor would be compiled as host code (and a host -> device
+        copy would keep CUDA graphs out)."""
+        dev = device if device is not None else torch.device("cpu")
         pad_h, pad_w = -height % window, -width % window
         hp, wp = height + pad_h, width + pad_w
-        ar = torch.arange(window)
+        ar = torch.arange(window, device=dev)
         rows, cols = ar.repeat_interleave(window), ar.repeat(window)
         rel = relative_position_index(rows[:, None] - rows[None], cols[:, None] - cols[None], window)
 
-        usable = torch.ones(1, height, width, dtype=torch.bool)
+        usable = torch.ones(1, height, width, dtype=torch.bool, device=dev)
         if token_mask is not None:
-            usable = ~token_mask.cpu()
+            usable = ~token_mask.to(dev)
         needs_mask = shift > 0 or pad_h > 0 or pad_w > 0 or token_mask is not None
         attn_mask = None
         if needs_mask:
             usable = F.pad(usable, (0, pad_w, 0, pad_h), value=False)
-            region = torch.zeros(hp, wp, dtype=torch.long)
+            region = torch.zeros(hp, wp, dtype=torch.long, device=dev)
             if shift > 0:
                 # The cyclic shift puts wrapped border strips into the same window: label them apart.
                 bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
@@ -137,9 +142,7 @@ class WindowPlan:
             usable_w = _partition(usable[..., None], window)[..., 0]             # [Bm, nW, T]
             allowed = (region_w[..., :, None] == region_w[..., None, :]) & usable_w[..., None, :]
             attn_mask = _allowed_to_additive(allowed).unsqueeze(2)
-        dev = device if device is not None else torch.device("cpu")
-        return cls(height, width, window, shift, rel.to(dev),
-                   None if attn_mask is None else attn_mask.to(dev, non_blocking=True))
+        return cls(height, width, window, shift, rel, attn_mask)
 
     def pair_bias(self, tables: torch.Tensor) -> Optional[torch.Tensor]:
         """Additive attention bias of K blocks that share this plan: tables [K, (2w-1)^2, heads]
