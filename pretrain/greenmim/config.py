@@ -50,7 +50,8 @@ DEFAULTS: Dict[str, Any] = {
         "scale": [0.2, 1.0],        # RandomResizedCrop scale
         "num_workers": 8,
         "strict": False,            # raise on an unreadable image instead of skipping it
-        "decode": "pil",            # pil | draft (JPEGs decoded at the DCT scale the crop needs)
+        "decode": "pil",            # pil (= cpu) | draft | gpu | auto (gpu if CUDA decodes JPEGs, else pil):
+                                    # see docs/data.md
         "pin_memory": True,
         "synthetic_size": 256,      # number of images when path is "synthetic"
     },
@@ -209,12 +210,19 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
     return cfg
 
 
+DALI_REFUSAL = ("data.decode=dali is not available: this version has no DALI pipeline (so needs no "
+                "nvidia-dali package); use data.decode=gpu (torchvision's nvJPEG decoding on the GPU) "
+                "or data.decode=auto")
+
+
 def validate(cfg: Dict[str, Any]) -> None:
     """Cheap checks of values, each with a one-line message."""
     if cfg["model"]["type"] not in ("green", "simmim"):
         raise ConfigError(f"model.type must be 'green' or 'simmim', got {cfg['model']['type']!r}")
-    if cfg["data"]["decode"] not in ("pil", "draft"):
-        raise ConfigError(f"data.decode must be pil or draft, got {cfg['data']['decode']!r}")
+    if cfg["data"]["decode"] not in ("pil", "cpu", "draft", "gpu", "auto", "dali"):
+        raise ConfigError(f"data.decode must be pil, cpu, draft, gpu, auto or dali, got {cfg['data']['decode']!r}")
+    if cfg["data"]["decode"] == "dali":
+        raise ConfigError(DALI_REFUSAL)
     if cfg["train"]["amp"] not in ("bf16", "fp16", "none", None, False):
         raise ConfigError(f"train.amp must be bf16, fp16 or none, got {cfg['train']['amp']!r}")
     for key in ("batch_size", "accum_iter", "epochs"):

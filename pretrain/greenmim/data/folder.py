@@ -144,18 +144,26 @@ class ImageFolderDataset(Dataset):
                     return self._item(i, path)
                 img = load_rgb(path)
             except UNREADABLE as e:
-                why = f"{type(e).__name__}: {' '.join(str(e).split())}"
-                if self.strict:
-                    raise UnreadableImageError(
-                        f"unreadable image {path} ({why}); fix or remove it, or set data.strict=false "
-                        "to skip unreadable images") from None
-                self._bad.add(i)
-                warnings.warn(f"skipping unreadable image {path} ({why}); skipped so far in this "
-                              f"process: {len(self._bad)}")
+                self.mark_unreadable(i, e)
                 continue
             return self._item(i, img)
         raise UnreadableImageError(f"none of the {n} image files under {self.root} could be read; "
                                    "check the folder (data.path)")
+
+    def mark_unreadable(self, index: int, error: BaseException) -> None:
+        """Records that file `index` cannot be read (later items skip it) and warns once per file;
+        in strict mode raises UnreadableImageError naming it instead. Also called by a reader that
+        finds out later, e.g. when decoding on the training device fails (device_decode.py)."""
+        path = self.samples[index]
+        why = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        if self.strict:
+            raise UnreadableImageError(
+                f"unreadable image {path} ({why}); fix or remove it, or set data.strict=false "
+                "to skip unreadable images") from None
+        if index not in self._bad:
+            self._bad.add(index)
+            warnings.warn(f"skipping unreadable image {path} ({why}); skipped so far in this "
+                          f"process: {len(self._bad)}")
 
     def _item(self, index: int, img: Image.Image):
         """The item of readable sample `index` (subclasses add e.g. its label)."""

@@ -80,15 +80,30 @@ class StepBatchSampler(Sampler):
             yield [(self.epoch, i) for i in chunk[lo:lo + self.micro_batch]]
 
 
-def build_dataset(cfg: dict) -> Dataset:
-    """The pretraining dataset named by cfg["data"], already wrapped in SeededDataset."""
+def build_dataset(cfg: dict, device: Optional[torch.device] = None) -> Dataset:
+    """The pretraining dataset named by cfg["data"], already wrapped in SeededDataset.
+
+    Its `decode_plan` (data.device_loader.DecodePlan) says how images are decoded, resolved
+    from data.decode for `device` (default: the CUDA device this process uses when cfg["device"]
+    allows CUDA, else the CPU); build_loader follows it. Indexing the dataset always gives the
+    CPU path's float [3, H, W] image (e.g. for the figures), whatever the plan.
+    """
+    from ..data.device_loader import DecodePlan, resolve_decode
     from ..data.transforms import build_pretrain_transform
     d = cfg["data"]
-    transform = build_pretrain_transform(d["img_size"], scale=tuple(d["scale"]),
-                                         decode=d["decode"] if d["path"] != "synthetic" else "pil")
     if d["path"] in (None, ""):
         raise ConfigError("no training data given; set data.path=/path/to/images "
                           "(or data.path=synthetic for generated images)")
+    if device is None:
+        cuda = cfg.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
+        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    if d["path"] == "synthetic":
+        plan = DecodePlan("pil", torch.device(device), "data: synthetic images rendered in the "
+                                                       "loader workers (data.decode does not apply)")
+    else:
+        plan = resolve_decode(d["decode"], device)
+    transform = build_pretrain_transform(d["img_size"], scale=tuple(d["scale"]),
+                                         decode="pil" if plan.path == "gpu" else plan.path)
     if d["path"] == "synthetic":
         # drawn at a larger size so that RandomResizedCrop has room to work
         base = SyntheticImages(int(d["synthetic_size"]), max(64, d["img_size"] * 5 // 4), transform,
@@ -99,23 +114,50 @@ def build_dataset(cfg: dict) -> Dataset:
             base = ImageFolderDataset(d["path"], transform, strict=bool(d["strict"]))
         except (ValueError, OSError) as e:
             raise ConfigError(f"data.path: {e}") from None
-    return SeededDataset(base, seed=cfg["seed"])
+    dataset = SeededDataset(base, seed=cfg["seed"])
+    dataset.decode_plan = plan
+    dataset.img_size, dataset.scale = int(d["img_size"]), tuple(d["scale"])
+    return dataset
 
 
 def build_loader(dataset: Dataset, micro_batch: int, world_size: int, rank: int, accum_iter: int,
-                 seed: int, num_workers: int, pin_memory: bool = False, collate=None) -> DataLoader:
-    """collate: e.g. mask_collate.MaskCollator, which gets ((epoch, index), image) items and
-    makes batches of (images, mask, plans); None: batches of images."""
+                 seed: int, num_workers: int, pin_memory: bool = False, collate=None,
+                 prefetch: Optional[int] = None):
+    """A DataLoader of this rank's micro-batches (StepBatchSampler), or, when the dataset's
+    decode_plan is "gpu", a DeviceDecodingLoader around one: workers hand over file bytes and
+    crop draws, the training device decodes (data/device_decode.py); `prefetch` batches are
+    decoded ahead in a thread (default: 2 on CUDA, none on the CPU).
+
+    collate: e.g. mask_collate.MaskCollator, which gets ((epoch, index), image) items and
+    makes batches of (images, mask, plans); None: batches of images [B, 3, H, W]."""
+    from ..data.device_decode import stack_images
     sampler = StepBatchSampler(len(dataset), micro_batch, world_size, rank, accum_iter, seed)
     if sampler.steps_per_epoch == 0:
         need = micro_batch * world_size * accum_iter
         raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one global batch of "
                           f"{need}; lower train.batch_size or add images")
+    plan = getattr(dataset, "decode_plan", None)
+    decoder = None
+    if plan is not None and plan.path == "gpu":
+        from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        from ..data.device_decode import DeviceDecoder, EncodeForDevice
+        from ..data.device_loader import EncodedView
+        encoded = EncodedView(dataset, EncodeForDevice(scale=dataset.scale))
+        decoder = DeviceDecoder(plan.device, dataset.img_size, IMAGENET_DEFAULT_MEAN,
+                                IMAGENET_DEFAULT_STD, replace=encoded.replace)
+        dataset = encoded
     if collate is not None:
         from .mask_collate import KeyedDataset
         dataset = KeyedDataset(dataset)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                        collate_fn=collate if collate is not None else (stack_images if decoder else None),
+                        pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    if decoder is None:
+        return loader
+    from ..data.device_loader import DeviceDecodingLoader
+    if prefetch is None:
+        prefetch = 2 if decoder.device.type == "cuda" else 0
+    return DeviceDecodingLoader(loader, decoder, prefetch)
 
 
 def skipped_images(dataset: Dataset) -> Optional[int]:

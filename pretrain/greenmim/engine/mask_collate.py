@@ -17,6 +17,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
+from ..data.device_decode import stack_images
 from ..data.masking import MaskGenerator, UnitMask
 from ..data.seeds import mask_seed  # noqa: F401 (re-exported)
 
@@ -35,7 +36,8 @@ class KeyedDataset(Dataset):
 
 
 class MaskCollator:
-    """collate_fn: [((epoch, index), image)] -> (images, mask, plans).
+    """collate_fn: [((epoch, index), image)] -> (images, mask, plans); images are float
+    [B, 3, H, W], or an EncodedBatch when the training device decodes (data/device_decode.py).
 
     Args:
         img_size, ratio, shared: as MaskGenerator.
@@ -65,7 +67,7 @@ class MaskCollator:
 
     def __call__(self, items: List[Tuple[Tuple[int, int], torch.Tensor]]):
         keys = [k for k, _ in items]
-        images = torch.stack([img for _, img in items])
+        images = stack_images([img for _, img in items])  # an EncodedBatch on the device path
         mask = UnitMask(self.masks(keys), self.shared)  # valid by construction: no checks later
         plans = self.planner(mask.plan_mask) if self.planner is not None else None
         return images, mask, plans
