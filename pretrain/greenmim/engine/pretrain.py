@@ -29,6 +29,7 @@ from .mask_collate import collator_for
 from .optim import build_optimizer, scaled_lr
 from .program import check_resumable, first_error_line, resume_path, run_guarded
 from .run_lock import hold_output_dir
+from .step_modes import check_compile, compile_model, graphed_step
 from .train import StepConfig, TrainState, train_one_epoch
 from .visualize import save_reconstruction
 
@@ -132,7 +133,8 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
                     f"batch {t['batch_size']}; lr {lr:.3g}; {steps_per_epoch} steps/epoch, "
                     f"{total_steps} steps")
 
-        graphed = _graphed_step(cfg, model, device, amp_dtype)
+        compile_mode = check_compile(cfg)
+        graphed = graphed_step(cfg, model, device, amp_dtype)
         if world > 1 and graphed is None:  # a graphed step averages its gradients itself
             # device_ids=None: DDP would otherwise copy every input to the GPU, the CPU-side mask
             # included, and the green encoder would sync to copy it back for its host-side plan.
@@ -140,11 +142,9 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=None,
                                                               broadcast_buffers=False)
         bare = ckpt.unwrap(model)
-        if t["compile"] and graphed is None:
-            # dynamic=False: with static shapes every step has one signature, so one graph.
-            model = torch.compile(model, mode=None if t["compile"] == "default" else t["compile"],
-                                  dynamic=False)
-            logger.info(f"torch.compile (mode {t['compile']}); the first steps include compilation")
+        if compile_mode and graphed is None:
+            model = compile_model(model, compile_mode)
+            logger.info(f"torch.compile (mode {compile_mode}); the first steps include compilation")
 
         def save(path: str) -> None:
             if not info.is_main:
@@ -195,38 +195,6 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
         return summary
     finally:
         logger.close()
-
-
-COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
-
-
-def _graphed_step(cfg: Dict[str, Any], model: torch.nn.Module, device: torch.device, amp_dtype):
-    """The CUDA-graph step of train.cuda_graphs (None when off); ConfigError for settings that
-    cannot be recorded."""
-    t = cfg["train"]
-    if t["compile"] not in (None, False, "", "none") and t["compile"] not in COMPILE_MODES:
-        raise ConfigError(f"train.compile={t['compile']!r} is not one of {', '.join(COMPILE_MODES)}; "
-                          "or leave it empty for eager")
-    if t["compile"] in (False, "", "none"):
-        t["compile"] = None
-    if not t["cuda_graphs"]:
-        return None
-    need = []
-    if device.type != "cuda":
-        need.append("a CUDA device")
-    if t["accum_iter"] != 1:
-        need.append("train.accum_iter=1")
-    if amp_dtype == torch.float16:
-        need.append("train.amp=bf16 or none (the fp16 GradScaler skips steps on the host)")
-    if cfg["model"]["type"] == "green" and not cfg["model"]["static_shapes"]:
-        need.append("model.static_shapes=true")
-    if not cfg["mask"]["in_workers"]:
-        need.append("mask.in_workers=true")
-    if need:
-        raise ConfigError(f"train.cuda_graphs=true needs {', '.join(need)}; set those or "
-                          "train.cuda_graphs=false")
-    from .cuda_graph import GraphedStep
-    return GraphedStep(model, amp_dtype)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

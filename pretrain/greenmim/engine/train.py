@@ -17,6 +17,7 @@ from ..data.seeds import step_seed  # noqa: F401 (finetune_epoch imports it from
 from . import dist as gdist
 from . import faults
 from .logger import TrainLogger
+from .checkpoint import unwrap
 from .optim import set_lr
 from ..models.swin import plans_to
 
@@ -143,6 +144,10 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         else:  # masks stay on the CPU: the green encoder plans on the host
             mask, plans = draw_masks(mask_generator, images.shape[0], world, rank), None
         images = images.to(device, non_blocking=True)
+        if plans is not None or not getattr(unwrap(model), "host_mask", True):
+            # Nothing reads this mask on the host any more: it travels with the images, so a
+            # compiled or captured step has no host tensor inside.
+            mask = mask.to(device, non_blocking=True)
         last = a == accum - 1
         sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
         if sc.forward_backward is not None:

@@ -85,6 +85,8 @@ class GreenMIM(nn.Module):
                                   dim=decoder_dim, depth=decoder_depth, num_heads=decoder_num_heads,
                                   mlp_ratio=decoder_mlp_ratio, unit=unit, in_chans=in_chans)
 
+    host_mask = True  # forward plans the sparse layout from the mask on the host unless plans come with it
+
     def no_weight_decay(self) -> set:
         names = {"encoder." + n for n in getattr(self.encoder, "no_weight_decay", lambda: set())()}
         return names | {"decoder.mask_token"}

@@ -50,6 +50,8 @@ class SimMIM(nn.Module):
             nn.Conv2d(encoder.num_features[-1], unit * unit * in_chans, kernel_size=1),
             nn.PixelShuffle(unit))
 
+    host_mask = False  # the dense path never reads the mask on the host: the engine may hand it over on the device
+
     def no_weight_decay(self) -> set:
         names = {"encoder." + n for n in getattr(self.encoder, "no_weight_decay", lambda: set())()}
         return names | {"mask_token"}

@@ -24,8 +24,16 @@ from .static_shapes import static_shapes_for
 from .window_plans import GroupPlan, PlanOverflow, WindowPlan, compute_dtype
 
 @functools.lru_cache(maxsize=64)  # detection sees a handful of padded sizes: build each once
-def _window_plan(height: int, width: int, window: int, shift: int, device: torch.device) -> WindowPlan:
+def _cached_window_plan(height: int, width: int, window: int, shift: int, device: torch.device) -> WindowPlan:
     return WindowPlan.build(height, width, window, shift, None, device)
+
+
+def _window_plan(height: int, width: int, window: int, shift: int, device: torch.device) -> WindowPlan:
+    # torch.compile traces the build (on the device) and folds it into its graph; a cache there
+    # would only be bypassed, with a warning.
+    if torch.compiler.is_compiling():
+        return WindowPlan.build(height, width, window, shift, None, device)
+    return _cached_window_plan(height, width, window, shift, device)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,8 +33,15 @@ from .window_plans import GroupPlan, PlanOverflow, WindowPlan
 
 
 @functools.lru_cache(maxsize=64)  # detection sees a handful of padded sizes: build each once
-def _window_plan(height: int, width: int, window: int, device: torch.device) -> WindowPlan:
+def _cached_window_plan(height: int, width: int, window: int, device: torch.device) -> WindowPlan:
     return WindowPlan.build(height, width, window, 0, None, device)
+
+
+def _window_plan(height: int, width: int, window: int, device: torch.device) -> WindowPlan:
+    # Under torch.compile the build is traced (on the device) and folded into the graph.
+    if torch.compiler.is_compiling():
+        return WindowPlan.build(height, width, window, 0, None, device)
+    return _cached_window_plan(height, width, window, device)
 
 
 @dataclass
