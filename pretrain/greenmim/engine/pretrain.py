@@ -81,7 +81,7 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
     out_dir = cfg["output_dir"]
     torch.manual_seed(cfg["seed"])  # model init: identical on every rank (DDP also broadcasts)
 
-    dataset = build_dataset(cfg)
+    dataset = build_dataset(cfg, device)  # data.decode=auto resolves against this device
     model = build_model(cfg).to(device)
     # Masks (and the green encoder's plans) come from the loader's workers; the engine's own
     # generator is the fallback when mask.in_workers is off.
@@ -103,6 +103,7 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
 
     logger = TrainLogger(out_dir, enabled=info.is_main, tensorboard=cfg["log"]["tensorboard"],
                          progress_bar=cfg["log"]["progress_bar"])
+    logger.info(dataset.decode_plan.note)  # first line: which decoding path feeds the step
     try:
         resume_from = resume_path(cfg)
         if resume_from:
