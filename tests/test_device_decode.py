@@ -264,3 +264,24 @@ def test_config_refuses_dali_up_front():
     with pytest.raises(ConfigError, match="data.decode must be"):
         load_config(None, ["data.decode=fast"])
     assert load_config(None, ["data.decode=auto"])["data"]["decode"] == "auto"
+
+
+def test_pretraining_runs_on_the_device_path_and_says_so_first(folder, tmp_path, capsys):
+    import json
+    import os
+    from greenmim.config import load_config
+    from greenmim.engine.pretrain import run
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out"
+    cfg = load_config(os.path.join(root, "configs", "pretrain", "tiny_cpu.yaml"), [
+        f"output_dir={out}", f"data.path={folder}", "data.decode=gpu", "data.img_size=64",
+        "data.num_workers=0", "train.batch_size=4", "train.epochs=1", "train.warmup_epochs=0",
+        "log.every_steps=1", "log.tensorboard=false", "log.progress_bar=false", "log.vis_every_epochs=0",
+        "checkpoint.every_epochs=0", "export_encoder=false", "model.decoder_dim=32", "model.decoder_num_heads=2",
+        "model.encoder={embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 1, 1, 1], window_size: 2}"])
+    run(cfg)
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("data: JPEG batches decoded on cpu") and "data.decode=gpu" in first
+    with open(out / "log.jsonl") as f:
+        losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses))
