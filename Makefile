@@ -2,13 +2,18 @@
 # other targets depend on it and cost a few seconds once the venv is in place.
 PY := .venv/bin/python
 
-.PHONY: setup test demo demo-compare demo-classify
+.PHONY: setup test check-package demo demo-compare demo-classify
 
 setup:
 	@bash scripts/setup.sh
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The wheel as users get it (`pip install .`, no -e) in a clean venv: imports, console scripts,
+# declared dependencies. CI runs it after `test`.
+check-package: setup
+	@bash scripts/check_package.sh
 
 # Main job on the embedded default data.
 demo: setup

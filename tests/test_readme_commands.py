@@ -82,13 +82,17 @@ def _split(args: List[str]):
 
 def _parser_sources(path: str) -> List[str]:
     """Where a script's flags may be declared: the script, the modules beside it that it imports
-    (tools/benchmarks/encoder.py -> setting.py) and the engine (pretrain/main_pretrain.py builds
-    its parser there)."""
+    (tools/benchmarks/encoder.py -> setting.py), the package modules it imports (a tool that only
+    runs greenmim.cli.convert_checkpoint) and the engine (pretrain/main_pretrain.py builds its
+    parser there)."""
     tree = ast.parse(open(path, encoding="utf-8").read())
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
     here = os.path.dirname(path)
     beside = [os.path.join(here, f"{m}.py") for m in sorted(names) if os.path.isfile(os.path.join(here, f"{m}.py"))]
+    roots = (os.path.join(REPO, "pretrain"), os.path.join(REPO, "projects", "GreenMIM"))
+    beside += [f for m in sorted(names) for f in (os.path.join(r, *m.split(".")) + ".py" for r in roots)
+               if m.startswith("greenmim") and os.path.isfile(f)]
     engine = os.path.join(REPO, "pretrain", "greenmim", "engine")
     shared = [os.path.join(REPO, "pretrain", "greenmim", "config.py")]  # config_argument_parser
     return [path] + beside + shared + [os.path.join(engine, f) for f in sorted(os.listdir(engine)) if f.endswith(".py")]

@@ -3,39 +3,12 @@
 
     python tools/export_encoder.py output/greenmim_swin_base_w7/checkpoint-0800.pth encoder.pth
 
-The output is {"model": encoder state_dict (keys patch_embed.proj.weight, layers.0.blocks.0...,
-no prefix), "arch", "encoder_kwargs"}, loadable with torch.load(weights_only=True) and strictly
-into greenmim.build_encoder(arch, **encoder_kwargs). Training writes the same file as
-output_dir/encoder.pth when it finishes.
+The program lives in greenmim.cli.export_encoder (installed as `greenmim-export-encoder`); this
+file only runs it, so the path works in a checkout as well.
 """
-from __future__ import annotations
-
-import argparse
 import sys
 
-from greenmim.config import UserError
-from greenmim.engine import checkpoint as ckpt
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("checkpoint", help="training checkpoint (checkpoint-last.pth, checkpoint-0800.pth)")
-    p.add_argument("output", help="where to write the encoder weights")
-    args = p.parse_args(argv)
-    try:
-        state = ckpt.load(args.checkpoint)  # weights_only: pickled code is refused, not run
-        if not isinstance(state, dict) or "model" not in state or "config" not in state:
-            raise UserError(f"{args.checkpoint} is not a GreenMIM training checkpoint (no model/config); "
-                            "pass a checkpoint-*.pth written by pretraining")
-        ckpt.export_encoder(state["model"], args.output, state["config"])
-    except (UserError, KeyError) as e:
-        msg = e if isinstance(e, UserError) else f"{args.checkpoint} holds no encoder weights ({e})"
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    step = state.get("state", {}).get("step", "?")
-    print(f"wrote {args.output} ({state['config']['model']['arch']}, step {step})")
-    return 0
-
+from greenmim.cli.export_encoder import main
 
 if __name__ == "__main__":
     sys.exit(main())
