@@ -2,21 +2,33 @@
 """Images per second that the pretraining data loader delivers on its own (no model).
 
 The loader is the one the training engine builds (greenmim.engine.data: seeded dataset, step
-batch sampler, RandomResizedCrop + flip + normalise) over an image folder: by default a temporary
-folder of JPEGs of ImageNet's typical size (500x375, written once from the synthetic renderer), so
-JPEG decoding is paid as on real data; `--data synthetic` renders images in the workers instead. Compare its img/s with a training step's img/s: if the loader is slower, the
-accelerator waits for data. The first batches (worker start-up, first renders) are not timed.
+batch sampler, RandomResizedCrop + flip + normalise, `--masks`: masks drawn in the workers) over
+an image folder: by default a temporary folder of ImageNet-like JPEGs (500x375, quality 90, about
+100 KB each, written once from the synthetic renderer with a photo-like grain), so JPEG decoding
+is paid as on real data; `--data synthetic` renders images in the workers instead. Compare its
+img/s with a training step's img/s: if the loader is slower, the accelerator waits for data. The
+first batches (worker start-up, first renders) are not timed.
+
+`--decode` picks the path as data.decode does: pil / draft decode in the workers; gpu reads bytes
+in the workers and decodes whole batches on `--device` (nvJPEG on CUDA). Reported: img/s, the CPU
+cores the loader kept busy (main process + workers, from /proc), img/s per busy core, and for the
+gpu path the milliseconds per batch spent decoding on the device (CUDA events; wall time on the
+CPU).
 
     python tools/benchmarks/loader.py --img-size 224 --batch-size 8 --workers 2
+    python tools/benchmarks/loader.py --decode gpu --device cuda --batch-size 128 --workers 4
+    python tools/benchmarks/loader.py --make-folder /tmp/imagenet_like --num-images 26000
     python tools/benchmarks/loader.py --data /datasets/imagenet/train --batch-size 128 --workers 8
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import tempfile
 import time
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -25,39 +37,136 @@ from greenmim.config import DEFAULTS
 from greenmim.data.synthetic import render_image
 from greenmim.engine.data import build_dataset, build_loader
 
+SIZE = (500, 375)
 
-def jpeg_folder(num_images: int = 64, size=(500, 375), root: str = None) -> str:
-    """A folder of `num_images` JPEGs (quality 90) of `size` (W, H); reused when it exists."""
-    root = root or os.path.join(tempfile.gettempdir(), f"greenmim_bench_jpeg_{num_images}_{size[0]}x{size[1]}")
+
+def _grain(rng: np.random.Generator, h: int, w: int, amp: float, channels: int) -> np.ndarray:
+    """float [h, w, channels]: noise with a photo-like spectrum (power falling with frequency)."""
+    f = np.fft.rfft2(rng.normal(size=(channels, h, w)))
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None]
+    f /= np.maximum(np.hypot(fy, fx), 1.0 / max(h, w)) ** 0.8
+    x = np.fft.irfft2(f, s=(h, w))
+    return (amp * x / x.std()).transpose(1, 2, 0)
+
+
+def _write_one(args) -> int:
+    """Writes picture i (W, H) as JPEG quality 90 to path; returns its size in bytes."""
+    i, size, path = args
+    rng = np.random.default_rng([3, i])
+    img = Image.fromarray(render_image(rng, max(size))[0]).resize(size)
+    # shapes on flat colour compress to ~50 KB; grain brings them to ImageNet's ~100 KB, whose
+    # entropy decoding is what a JPEG decoder spends its time on
+    pixels = np.asarray(img, np.float32) + _grain(rng, size[1], size[0], 25, 1) + _grain(rng, size[1], size[0], 8, 3)
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path + ".tmp", "JPEG", quality=90)
+    os.replace(path + ".tmp", path)
+    return os.path.getsize(path)
+
+
+def jpeg_folder(num_images: int = 64, size=SIZE, root: Optional[str] = None, unique: int = 1024,
+                workers: Optional[int] = None) -> str:
+    """A folder of `num_images` ImageNet-like JPEGs (quality 90) of `size` (W, H); files already
+    there are kept. Only `unique` pictures are rendered; the other names are hard links to them
+    (decoding costs the same, and a folder for 200 steps of batch 128 is written in seconds)."""
+    root = root or os.path.join(tempfile.gettempdir(), f"greenmim_bench_jpeg_{num_images}_{size[0]}x{size[1]}_grain")
     os.makedirs(root, exist_ok=True)
-    for i in range(num_images):
-        path = os.path.join(root, f"{i:05d}.jpg")
-        if not os.path.exists(path):
-            img = render_image(np.random.default_rng([3, i]), max(size))[0]
-            Image.fromarray(img).resize(size).save(path + ".tmp", "JPEG", quality=90)
-            os.replace(path + ".tmp", path)
+    unique = max(1, min(unique, num_images))
+    paths = [os.path.join(root, f"{i:06d}.jpg") for i in range(num_images)]
+    todo = [(i, tuple(size), paths[i]) for i in range(unique) if not os.path.exists(paths[i])]
+    if todo:
+        procs = workers or (min(len(todo) // 16, os.cpu_count() or 1) if len(todo) >= 64 else 1)
+        if procs > 1:
+            with multiprocessing.get_context("spawn").Pool(procs) as pool:
+                pool.map(_write_one, todo, chunksize=4)
+        else:
+            for job in todo:
+                _write_one(job)
+    for i in range(unique, num_images):
+        if not os.path.exists(paths[i]):
+            try:
+                os.link(paths[i % unique], paths[i])
+            except OSError:  # a file system without hard links
+                with open(paths[i % unique], "rb") as src, open(paths[i], "wb") as dst:
+                    dst.write(src.read())
     return root
 
 
+def _cpu_seconds(pids) -> float:
+    """User + system CPU seconds of the processes `pids` so far (Linux /proc; 0 if unreadable)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _children(pid: int):
+    """Live child processes of `pid` (the DataLoader's workers)."""
+    out = []
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
 def loader_images_per_s(img_size: int, batch_size: int, workers: int, batches: int = 20,
-                        data: str = "jpeg", num_images: int = 64, skip: int = 2) -> dict:
-    """Times `batches` batches after `skip` untimed ones -> {"img_per_s", "batches", ...}.
-    data: "jpeg" (temporary JPEG folder), "synthetic" or an image folder."""
+                        data: str = "jpeg", num_images: int = 64, skip: int = 2, decode: str = "pil",
+                        device: str = "cpu", prefetch: Optional[int] = None, masks: bool = False) -> dict:
+    """Times `batches` batches after `skip` untimed ones -> {"img_per_s", "cores_used",
+    "img_per_s_per_core", "decode_ms_per_batch" (gpu path), ...}.
+    data: "jpeg" (temporary JPEG folder), "synthetic" or an image folder.
+    decode / device: as data.decode and the training device (gpu decodes on `device`)."""
+    import torch
     if data == "jpeg":
         data = jpeg_folder(num_images)
-    cfg = {"seed": 0, "data": {**DEFAULTS["data"], "path": data, "img_size": img_size,
-                               "synthetic_size": max(num_images, batch_size)}}
-    loader = build_loader(build_dataset(cfg), batch_size, 1, 0, 1, seed=0, num_workers=workers)
+    cfg = {"seed": 0, "device": device, "data": {**DEFAULTS["data"], "path": data, "img_size": img_size,
+                                                 "decode": decode, "synthetic_size": max(num_images, batch_size)}}
+    dataset = build_dataset(cfg, torch.device(device))
+    collate = None
+    if masks:
+        from greenmim.engine.mask_collate import MaskCollator
+        collate = MaskCollator(img_size, 0.75, shared=False, seed=0)
+    loader = build_loader(dataset, batch_size, 1, 0, 1, seed=0, num_workers=workers, collate=collate,
+                          pin_memory=torch.device(device).type == "cuda", prefetch=prefetch)
+    decoder = getattr(loader, "decoder", None)
     batches_iter = _endless(loader)
     for _ in range(skip):
         next(batches_iter)
-    t0 = time.perf_counter()
+    if decoder is not None:
+        decoder.timing, decoder.times_ms = True, []
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync()
+    pids = [os.getpid(), *_children(os.getpid())]
+    cpu0, t0 = _cpu_seconds(pids), time.perf_counter()
     seen = 0
     for _ in range(batches):
-        seen += next(batches_iter).shape[0]
+        batch = next(batches_iter)
+        seen += (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]
+    sync()
     dt = time.perf_counter() - t0
-    return {"img_per_s": seen / dt, "batches": batches, "batch_size": batch_size,
-            "workers": workers, "img_size": img_size, "data": data}
+    cores = (_cpu_seconds(pids) - cpu0) / dt if os.path.isdir("/proc") else None
+    out = {"img_per_s": seen / dt, "cores_used": cores,
+           "img_per_s_per_core": seen / dt / cores if cores else None,
+           "batches": batches, "batch_size": batch_size, "workers": workers, "img_size": img_size,
+           "data": data, "decode": dataset.decode_plan.path, "device": str(device), "masks": masks,
+           "note": dataset.decode_plan.note}
+    if decoder is not None:
+        times = decoder.collect_times()
+        # with prefetching the first timed decodes may predate the window: use the last ones
+        times = times[-batches:]
+        out["decode_ms_per_batch"] = float(np.mean(times)) if times else None
+        out["decode_ms_timer"] = "cuda events" if decoder.device.type == "cuda" else "wall"
+        out["prefetch"] = loader.prefetch
+    return out
 
 
 def _endless(loader):
@@ -77,9 +186,28 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--data", default="jpeg", help="'jpeg' (temporary JPEG folder), 'synthetic' "
                    "or an image folder")
+    p.add_argument("--num-images", type=int, default=64, help="JPEGs in the generated folder")
+    p.add_argument("--decode", default="pil", choices=["pil", "cpu", "draft", "gpu", "auto"],
+                   help="as data.decode")
+    p.add_argument("--device", default="cpu", help="training device: where the gpu path decodes")
+    p.add_argument("--prefetch", type=int, default=None,
+                   help="gpu path: batches decoded ahead in a thread (default 2 on CUDA, 0 on the CPU)")
+    p.add_argument("--masks", action="store_true", help="draw masks in the workers, as training does")
+    p.add_argument("--make-folder", metavar="DIR", help="only write --num-images ImageNet-like JPEGs "
+                   "into DIR (files already there are kept) and print its path")
+    p.add_argument("--unique", type=int, default=1024, help="pictures rendered for --make-folder; "
+                   "the other files are hard links to them")
     args = p.parse_args(argv)
-    print(json.dumps(loader_images_per_s(args.img_size, args.batch_size, args.workers,
-                                         args.batches, args.data), indent=2))
+    if args.make_folder:
+        root = jpeg_folder(args.num_images, root=args.make_folder, unique=args.unique)
+        sizes = [os.path.getsize(os.path.join(root, f)) for f in sorted(os.listdir(root))[:args.unique]]
+        print(json.dumps({"folder": root, "images": args.num_images,
+                          "mean_kb": round(float(np.mean(sizes)) / 1e3, 1)}))
+        return
+    print(json.dumps(loader_images_per_s(args.img_size, args.batch_size, args.workers, args.batches,
+                                         args.data, args.num_images, decode=args.decode,
+                                         device=args.device, prefetch=args.prefetch,
+                                         masks=args.masks), indent=2))
 
 
 if __name__ == "__main__":
