@@ -18,6 +18,7 @@ CPU).
     python tools/benchmarks/loader.py --img-size 224 --batch-size 8 --workers 2
     python tools/benchmarks/loader.py --decode gpu --device cuda --batch-size 128 --workers 4
     python tools/benchmarks/loader.py --make-folder /tmp/imagenet_like --num-images 26000
+    python tools/benchmarks/loader.py --stages --data /tmp/imagenet_like --num-images 512
     python tools/benchmarks/loader.py --data /datasets/imagenet/train --batch-size 128 --workers 8
 """
 from __future__ import annotations
@@ -169,6 +170,52 @@ def loader_images_per_s(img_size: int, batch_size: int, workers: int, batches: i
     return out
 
 
+def stage_costs(data: str, img_size: int = 224, num_images: int = 256, batch_size: int = 32) -> dict:
+    """CPU milliseconds per image of each stage, in this process on one thread (process CPU time,
+    so other load on the machine barely matters) -> {"pil", "draft", "gpu_worker",
+    "gpu_decode_on_cpu": ms per image, "..._img_per_s_per_core": 1000 / ms}.
+
+    pil / draft: a loader worker's whole work per sample on those paths. gpu_worker: a worker's
+    work on the gpu path (read the file, parse the header, draw the crop). gpu_decode_on_cpu: the
+    main process's batched decode + crop + resize + flip + normalise, run on the CPU here (on a
+    GPU node that part runs on the GPU: see decode_ms_per_batch of the gpu mode)."""
+    import torch
+    from greenmim.data.device_decode import EncodedBatch, EncodeForDevice
+    from greenmim.data.device_loader import EncodedView
+    from greenmim.engine.data import build_loader as _build_loader
+    torch.set_num_threads(1)
+    if data == "jpeg":
+        data = jpeg_folder(num_images)
+
+    def dataset(decode):
+        cfg = {"seed": 0, "device": "cpu", "data": {**DEFAULTS["data"], "path": data, "img_size": img_size,
+                                                     "decode": decode}}
+        return build_dataset(cfg, torch.device("cpu"))
+
+    keys = [(0, i) for i in range(min(num_images, len(dataset("pil"))))]
+    out = {}
+    for name, decode in (("pil", "pil"), ("draft", "draft")):
+        ds = dataset(decode)
+        t = time.process_time()
+        for k in keys:
+            ds[k]
+        out[name] = 1000 * (time.process_time() - t) / len(keys)
+    gpu = dataset("gpu")
+    view = EncodedView(gpu, EncodeForDevice())
+    t = time.process_time()
+    items = [view[k] for k in keys]
+    out["gpu_worker"] = 1000 * (time.process_time() - t) / len(keys)
+    decoder = _build_loader(gpu, batch_size, 1, 0, 1, seed=0, num_workers=0).decoder
+    t = time.process_time()
+    for b in range(0, len(items) - batch_size + 1, batch_size):
+        decoder(EncodedBatch(items[b:b + batch_size]))
+    out["gpu_decode_on_cpu"] = 1000 * (time.process_time() - t) / (len(items) // batch_size * batch_size)
+    for name in list(out):
+        out[name + "_img_per_s_per_core"] = 1000 / out[name]
+    out.update(images=len(keys), img_size=img_size, data=data)
+    return out
+
+
 def _endless(loader):
     """Batches of epoch 0, 1, ... (a small folder holds only a few batches per epoch)."""
     epoch = 0
@@ -195,6 +242,8 @@ def main(argv=None):
     p.add_argument("--masks", action="store_true", help="draw masks in the workers, as training does")
     p.add_argument("--make-folder", metavar="DIR", help="only write --num-images ImageNet-like JPEGs "
                    "into DIR (files already there are kept) and print its path")
+    p.add_argument("--stages", action="store_true", help="only measure the CPU milliseconds per image "
+                   "of each stage of each path, on one thread (stage_costs)")
     p.add_argument("--unique", type=int, default=1024, help="pictures rendered for --make-folder; "
                    "the other files are hard links to them")
     args = p.parse_args(argv)
@@ -203,6 +252,9 @@ def main(argv=None):
         sizes = [os.path.getsize(os.path.join(root, f)) for f in sorted(os.listdir(root))[:args.unique]]
         print(json.dumps({"folder": root, "images": args.num_images,
                           "mean_kb": round(float(np.mean(sizes)) / 1e3, 1)}))
+        return
+    if args.stages:
+        print(json.dumps(stage_costs(args.data, args.img_size, args.num_images), indent=2))
         return
     print(json.dumps(loader_images_per_s(args.img_size, args.batch_size, args.workers, args.batches,
                                          args.data, args.num_images, decode=args.decode,
