@@ -285,3 +285,19 @@ def test_pretraining_runs_on_the_device_path_and_says_so_first(folder, tmp_path,
     with open(out / "log.jsonl") as f:
         losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_loader_benchmark_gpu_mode_on_the_cpu(folder, tmp_path):
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("bench_loader", os.path.join(root, "tools", "benchmarks", "loader.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.loader_images_per_s(SIZE, 4, 0, batches=2, data=str(folder), skip=1, decode="gpu", prefetch=1)
+    assert r["decode"] == "gpu" and r["img_per_s"] > 0 and r["decode_ms_timer"] == "wall"
+    assert r["decode_ms_per_batch"] > 0 and r["max_mean_abs_diff_vs_cpu_decode"] == 0.0
+    made = bench.jpeg_folder(6, size=(50, 40), root=str(tmp_path / "made"), unique=2)
+    files = sorted(os.listdir(made))
+    assert len(files) == 6 and os.path.samefile(os.path.join(made, files[0]), os.path.join(made, files[2]))
+    assert Image.open(os.path.join(made, files[1])).size == (50, 40)

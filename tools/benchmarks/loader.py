@@ -154,6 +154,7 @@ def loader_images_per_s(img_size: int, batch_size: int, workers: int, batches: i
         seen += (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]
     sync()
     dt = time.perf_counter() - t0
+    batches_iter.close()  # stops a prefetching thread before the loader is iterated again
     cores = (_cpu_seconds(pids) - cpu0) / dt if os.path.isdir("/proc") else None
     out = {"img_per_s": seen / dt, "cores_used": cores,
            "img_per_s_per_core": seen / dt / cores if cores else None,
@@ -167,7 +168,26 @@ def loader_images_per_s(img_size: int, batch_size: int, workers: int, batches: i
         out["decode_ms_per_batch"] = float(np.mean(times)) if times else None
         out["decode_ms_timer"] = "cuda events" if decoder.device.type == "cuda" else "wall"
         out["prefetch"] = loader.prefetch
+        out["max_mean_abs_diff_vs_cpu_decode"] = _diff_from_cpu_decode(loader)
     return out
+
+
+def _diff_from_cpu_decode(loader) -> float:
+    """Largest per-image mean |difference| (normalised units) between the first batch as the
+    device path delivers it (decoder, prefetch thread and streams included) and the same encoded
+    batch decoded on the CPU: libjpeg vs nvJPEG differ by a grey level or two (< 0.03); a race
+    between streams or a wrong crop shows as 0.3 or more."""
+    import torch
+    from greenmim.data.device_decode import DeviceDecoder, EncodedBatch
+    loader.batch_sampler.set_epoch(0)
+    got = next(iter(loader))
+    got = (got[0] if isinstance(got, (tuple, list)) else got).float().cpu()
+    loader.batch_sampler.set_epoch(0)
+    encoded = next(iter(loader.loader))
+    encoded = encoded if isinstance(encoded, EncodedBatch) else encoded[0]
+    d = loader.decoder
+    ref = DeviceDecoder("cpu", d.size, (d.shift / 255).flatten().tolist(), (d.scale / 255).flatten().tolist())(encoded)
+    return float((got - ref).abs().flatten(1).mean(1).max())
 
 
 def stage_costs(data: str, img_size: int = 224, num_images: int = 256, batch_size: int = 32) -> dict:

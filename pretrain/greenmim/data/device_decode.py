@@ -151,7 +151,8 @@ class DeviceDecoder:
 
     def __call__(self, batch: Sequence[EncodedImage]) -> torch.Tensor:
         cuda = self.device.type == "cuda"
-        if self.timing:
+        timing = self.timing  # read once: a prefetching thread may be mid-call when it is switched
+        if timing:
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -167,7 +168,7 @@ class DeviceDecoder:
                                      align_corners=False, antialias=True)
             out[k] = resized[0].flip(-1) if d.flip else resized[0]
         out = out.sub_(self.shift).div_(self.scale)
-        if self.timing:
+        if timing:
             if cuda:
                 end.record()
                 self._pending.append((start, end))
