@@ -16,7 +16,7 @@ gpu path the milliseconds per batch spent decoding on the device (CUDA events; w
 CPU).
 
     python tools/benchmarks/loader.py --img-size 224 --batch-size 8 --workers 2
-    python tools/benchmarks/loader.py --decode gpu --device cuda --batch-size 128 --workers 4
+    python tools/benchmarks/loader.py --decode gpu --device cuda --batch-size 128 --workers 4 --plan swin_base
     python tools/benchmarks/loader.py --make-folder /tmp/imagenet_like --num-images 26000
     python tools/benchmarks/loader.py --stages --data /tmp/imagenet_like --num-images 512
     python tools/benchmarks/loader.py --data /datasets/imagenet/train --batch-size 128 --workers 8
@@ -121,11 +121,14 @@ def _children(pid: int):
 
 def loader_images_per_s(img_size: int, batch_size: int, workers: int, batches: int = 20,
                         data: str = "jpeg", num_images: int = 64, skip: int = 2, decode: str = "pil",
-                        device: str = "cpu", prefetch: Optional[int] = None, masks: bool = False) -> dict:
+                        device: str = "cpu", prefetch: Optional[int] = None, masks: bool = False,
+                        plan: Optional[str] = None, shared: bool = True) -> dict:
     """Times `batches` batches after `skip` untimed ones -> {"img_per_s", "cores_used",
     "img_per_s_per_core", "decode_ms_per_batch" (gpu path), ...}.
     data: "jpeg" (temporary JPEG folder), "synthetic" or an image folder.
-    decode / device: as data.decode and the training device (gpu decodes on `device`)."""
+    decode / device: as data.decode and the training device (gpu decodes on `device`).
+    masks: masks (mask.ratio 0.75, `shared` as mask.shared) drawn in the workers; plan: an encoder
+    arch (e.g. swin_base) whose sparse-path plans the workers also make, as training does."""
     import torch
     if data == "jpeg":
         data = jpeg_folder(num_images)
@@ -133,9 +136,13 @@ def loader_images_per_s(img_size: int, batch_size: int, workers: int, batches: i
                                                  "decode": decode, "synthetic_size": max(num_images, batch_size)}}
     dataset = build_dataset(cfg, torch.device(device))
     collate = None
-    if masks:
+    if masks or plan:
         from greenmim.engine.mask_collate import MaskCollator
-        collate = MaskCollator(img_size, 0.75, shared=False, seed=0)
+        planner = None
+        if plan:
+            import greenmim
+            planner = greenmim.build_encoder(plan, img_size=img_size, static_shapes=True).planner()
+        collate = MaskCollator(img_size, 0.75, shared=shared, seed=0, planner=planner)
     loader = build_loader(dataset, batch_size, 1, 0, 1, seed=0, num_workers=workers, collate=collate,
                           pin_memory=torch.device(device).type == "cuda", prefetch=prefetch)
     decoder = getattr(loader, "decoder", None)
@@ -159,7 +166,8 @@ def loader_images_per_s(img_size: int, batch_size: int, workers: int, batches: i
     out = {"img_per_s": seen / dt, "cores_used": cores,
            "img_per_s_per_core": seen / dt / cores if cores else None,
            "batches": batches, "batch_size": batch_size, "workers": workers, "img_size": img_size,
-           "data": data, "decode": dataset.decode_plan.path, "device": str(device), "masks": masks,
+           "data": data, "decode": dataset.decode_plan.path, "device": str(device),
+           "masks": ("shared" if shared else "per-sample") if (masks or plan) else None, "plan": plan,
            "note": dataset.decode_plan.note}
     if decoder is not None:
         times = decoder.collect_times()
@@ -260,6 +268,10 @@ def main(argv=None):
     p.add_argument("--prefetch", type=int, default=None,
                    help="gpu path: batches decoded ahead in a thread (default 2 on CUDA, 0 on the CPU)")
     p.add_argument("--masks", action="store_true", help="draw masks in the workers, as training does")
+    p.add_argument("--per-sample-masks", action="store_true", help="with --masks: one mask per sample "
+                   "(mask.shared=false)")
+    p.add_argument("--plan", metavar="ARCH", help="the workers also plan the sparse path of this "
+                   "encoder (e.g. swin_base), as training a green model does; implies --masks")
     p.add_argument("--make-folder", metavar="DIR", help="only write --num-images ImageNet-like JPEGs "
                    "into DIR (files already there are kept) and print its path")
     p.add_argument("--stages", action="store_true", help="only measure the CPU milliseconds per image "
@@ -279,7 +291,8 @@ def main(argv=None):
     print(json.dumps(loader_images_per_s(args.img_size, args.batch_size, args.workers, args.batches,
                                          args.data, args.num_images, decode=args.decode,
                                          device=args.device, prefetch=args.prefetch,
-                                         masks=args.masks), indent=2))
+                                         masks=args.masks, plan=args.plan,
+                                         shared=not args.per_sample_masks), indent=2))
 
 
 if __name__ == "__main__":
