@@ -301,3 +301,25 @@ def test_loader_benchmark_gpu_mode_on_the_cpu(folder, tmp_path):
     files = sorted(os.listdir(made))
     assert len(files) == 6 and os.path.samefile(os.path.join(made, files[0]), os.path.join(made, files[2]))
     assert Image.open(os.path.join(made, files[1])).size == (50, 40)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_nvjpeg_batches_agree_with_the_cpu_decode(folder):
+    """nvJPEG's IDCT and chroma upsampling differ from libjpeg's by a grey level or two; with the
+    prefetching thread on a side stream, a missing stream wait would show as garbage."""
+    from greenmim.data.device_loader import device_decode_error
+    err = device_decode_error("cuda:0")
+    if err:
+        pytest.skip(f"torchvision cannot decode JPEGs on CUDA here: {err}")
+    _bad_files(folder, ("png",))
+    _, _, want = _batches(folder, "gpu")
+    cfg = {"seed": 3, "device": "cuda", "data": {**DEFAULTS["data"], "path": str(folder), "img_size": SIZE,
+                                                 "decode": "auto"}}
+    ds = build_dataset(cfg, torch.device("cuda", 0))
+    assert ds.decode_plan.path == "gpu"
+    loader = build_loader(ds, 4, 1, 0, 1, seed=1, num_workers=2, pin_memory=True, prefetch=2)
+    for _ in range(3):  # passes that start and stop the thread, as epochs do
+        got = list(loader)
+        assert len(got) == len(want) and all(g.is_cuda for g in got)
+        for a, b in zip(want, got):
+            assert _agree(a, b.cpu()).max() < 0.03
