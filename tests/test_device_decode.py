@@ -239,7 +239,8 @@ def test_a_file_no_decoder_reads_is_skipped_or_refused(folder, monkeypatch):
 
 def test_decode_values(monkeypatch):
     cpu = torch.device("cpu")
-    assert resolve_decode("auto", cpu).path == "pil" and "data.decode=auto" in resolve_decode("auto", cpu).note
+    auto = resolve_decode("auto", cpu)
+    assert auto.path == "pil" and "data.decode=auto" in auto.note
     assert resolve_decode("cpu", cpu).path == "pil" and resolve_decode("draft", cpu).path == "draft"
     assert resolve_decode("gpu", cpu).path == "gpu"
     with pytest.raises(ConfigError, match="^data.decode=dali is not available.*use data.decode=gpu"):
@@ -277,7 +278,8 @@ def test_pretraining_runs_on_the_device_path_and_says_so_first(folder, tmp_path,
         f"output_dir={out}", f"data.path={folder}", "data.decode=gpu", "data.img_size=64",
         "data.num_workers=0", "train.batch_size=4", "train.epochs=1", "train.warmup_epochs=0",
         "log.every_steps=1", "log.tensorboard=false", "log.progress_bar=false", "log.vis_every_epochs=0",
-        "checkpoint.every_epochs=0", "export_encoder=false", "model.decoder_dim=32", "model.decoder_num_heads=2",
+        "checkpoint.every_epochs=0", "export_encoder=false", "model.decoder_dim=32",
+        "model.decoder_num_heads=2",
         "model.encoder={embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 1, 1, 1], window_size: 2}"])
     run(cfg)
     first = capsys.readouterr().err.splitlines()[0]
@@ -291,7 +293,8 @@ def test_loader_benchmark_gpu_mode_on_the_cpu(folder, tmp_path):
     import importlib.util
     import os
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("bench_loader", os.path.join(root, "tools", "benchmarks", "loader.py"))
+    path = os.path.join(root, "tools", "benchmarks", "loader.py")
+    spec = importlib.util.spec_from_file_location("bench_loader", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     r = bench.loader_images_per_s(SIZE, 4, 0, batches=2, data=str(folder), skip=1, decode="gpu", prefetch=1)

@@ -57,7 +57,8 @@ def _write_one(args) -> int:
     img = Image.fromarray(render_image(rng, max(size))[0]).resize(size)
     # shapes on flat colour compress to ~50 KB; grain brings them to ImageNet's ~100 KB, whose
     # entropy decoding is what a JPEG decoder spends its time on
-    pixels = np.asarray(img, np.float32) + _grain(rng, size[1], size[0], 25, 1) + _grain(rng, size[1], size[0], 8, 3)
+    w, h = size
+    pixels = np.asarray(img, np.float32) + _grain(rng, h, w, 25, 1) + _grain(rng, h, w, 8, 3)
     Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path + ".tmp", "JPEG", quality=90)
     os.replace(path + ".tmp", path)
     return os.path.getsize(path)
@@ -68,7 +69,8 @@ def jpeg_folder(num_images: int = 64, size=SIZE, root: Optional[str] = None, uni
     """A folder of `num_images` ImageNet-like JPEGs (quality 90) of `size` (W, H); files already
     there are kept. Only `unique` pictures are rendered; the other names are hard links to them
     (decoding costs the same, and a folder for 200 steps of batch 128 is written in seconds)."""
-    root = root or os.path.join(tempfile.gettempdir(), f"greenmim_bench_jpeg_{num_images}_{size[0]}x{size[1]}_grain")
+    name = f"greenmim_bench_jpeg_{num_images}_{size[0]}x{size[1]}_grain"
+    root = root or os.path.join(tempfile.gettempdir(), name)
     os.makedirs(root, exist_ok=True)
     unique = max(1, min(unique, num_images))
     paths = [os.path.join(root, f"{i:06d}.jpg") for i in range(num_images)]
@@ -133,7 +135,8 @@ def loader_images_per_s(img_size: int, batch_size: int, workers: int, batches: i
     if data == "jpeg":
         data = jpeg_folder(num_images)
     cfg = {"seed": 0, "device": device, "data": {**DEFAULTS["data"], "path": data, "img_size": img_size,
-                                                 "decode": decode, "synthetic_size": max(num_images, batch_size)}}
+                                                 "decode": decode,
+                                                 "synthetic_size": max(num_images, batch_size)}}
     dataset = build_dataset(cfg, torch.device(device))
     collate = None
     if masks or plan:
@@ -194,7 +197,8 @@ def _diff_from_cpu_decode(loader) -> float:
     encoded = next(iter(loader.loader))
     encoded = encoded if isinstance(encoded, EncodedBatch) else encoded[0]
     d = loader.decoder
-    ref = DeviceDecoder("cpu", d.size, (d.shift / 255).flatten().tolist(), (d.scale / 255).flatten().tolist())(encoded)
+    mean, std = (d.shift / 255).flatten().tolist(), (d.scale / 255).flatten().tolist()
+    ref = DeviceDecoder("cpu", d.size, mean, std)(encoded)
     return float((got - ref).abs().flatten(1).mean(1).max())
 
 
