@@ -17,7 +17,7 @@ from detectron2.solver import WarmupParamScheduler
 from greenmim_det.roi_align import SeparableROIPooler
 
 from ..detection.common.data.coco import dataloader
-from ..detection.common.models.mask_rcnn_green_swin_fpn import model
+from ..detection.common.models.mask_rcnn_green_fpn import model
 from ..detection.common.optim import optimizer
 from ..detection.common.train import train
 

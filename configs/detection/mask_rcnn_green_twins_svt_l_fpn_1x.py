@@ -8,7 +8,7 @@ Set train.init_checkpoint to a pretraining checkpoint or its encoder export.
 """
 from .common.data.coco import dataloader
 from .common.data.coco import single_scale_train_augmentations as _train_augmentations
-from .common.models.mask_rcnn_green_swin_fpn import model
+from .common.models.mask_rcnn_green_fpn import model
 from .common.optim import optimizer
 from .common.schedule import lr_multiplier_1x as lr_multiplier
 from .common.schedule import max_iter_1x as _max_iter

@@ -1,4 +1,5 @@
-"""AdamW with Swin layer-wise lr decay; no weight decay on norms, biases, bias tables.
+"""AdamW with layer-wise lr decay (Swin and Twins encoders number their own layers); no weight
+decay on norms, biases, bias tables.
 
 lr is for a total batch of 16 images; scale it linearly if you change the batch size.
 """
@@ -6,10 +7,10 @@ import torch
 
 from detectron2.config import LazyCall as L
 
-from greenmim_det.optim import get_swin_layer_decay_param_groups
+from greenmim_det.optim import get_encoder_layer_decay_param_groups
 
 optimizer = L(torch.optim.AdamW)(
-    params=L(get_swin_layer_decay_param_groups)(
+    params=L(get_encoder_layer_decay_param_groups)(
         # params.model is set to the model object by tools/train_net.py before instantiating
         base_lr="${..lr}",
         weight_decay="${..weight_decay}",

@@ -1,4 +1,4 @@
-"""GreenMIM's Detectron2 edge: Green Swin backbones + FPN, checkpoint loading, layer decay, COCO.
+"""GreenMIM's Detectron2 edge: Green Swin / Twins backbones + FPN, checkpoint loading, layer decay, COCO.
 
 Importing the package registers `build_green_swin_fpn_backbone` and `build_green_swin_backbone`
 in detectron2's BACKBONE_REGISTRY (for yacs configs). LazyConfig files use the classes directly.
@@ -6,10 +6,9 @@ in detectron2's BACKBONE_REGISTRY (for yacs configs). LazyConfig files use the c
 from .backbone import (
     STAGE_NAMES,
     GreenBackbone,
-    GreenSwinBackbone,
     add_green_swin_config,
+    build_green_fpn,
     build_green_swin_backbone,
-    build_green_swin_fpn,
     build_green_swin_fpn_backbone,
 )
 from .checkpoint import (
@@ -23,16 +22,20 @@ from .checkpoint import (
     resize_relative_position_bias_table,
 )
 from .data import DatasetError, get_coco_dataset_dicts, register_coco_dataset
-from .optim import get_swin_layer_decay_param_groups, swin_layer_id, swin_lr_decay_factors
+from .optim import (
+    get_encoder_layer_decay_param_groups,
+    get_swin_layer_decay_param_groups,
+    swin_layer_id,
+    swin_lr_decay_factors,
+)
 from .roi_align import SeparableROIAlign, SeparableROIPooler, separable_roi_align
 
 __all__ = [
     "STAGE_NAMES",
     "GreenBackbone",
-    "GreenSwinBackbone",
     "add_green_swin_config",
+    "build_green_fpn",
     "build_green_swin_backbone",
-    "build_green_swin_fpn",
     "build_green_swin_fpn_backbone",
     "ArchitectureMismatchError",
     "CheckpointError",
@@ -46,6 +49,7 @@ __all__ = [
     "DatasetError",
     "get_coco_dataset_dicts",
     "register_coco_dataset",
+    "get_encoder_layer_decay_param_groups",
     "get_swin_layer_decay_param_groups",
     "swin_layer_id",
     "swin_lr_decay_factors",

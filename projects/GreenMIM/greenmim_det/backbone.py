@@ -1,10 +1,10 @@
-"""Detectron2 backbones around the Green Swin encoder's dense path (and any other greenmim encoder
-with the same contract: `arch="twins_svt_base"` etc. gives Green Twins-SVT, see twins.py).
+"""Detectron2 backbones around the dense path of any greenmim encoder: Green Swin
+(`arch="swin_tiny"` ...) and Green Twins-SVT (`arch="twins_svt_base"` ...) alike.
 
 `GreenBackbone` wraps `greenmim.build_encoder(arch, ...)` and exposes the four stage outputs
 as res2..res5 (strides 4/8/16/32), each passed through its own LayerNorm: the encoder returns the
 stage outputs *before* any norm, and a fresh per-stage norm is the usual Swin detection recipe.
-`build_green_swin_fpn` / `build_green_swin_fpn_backbone` put detectron2's FPN on top (p2..p6).
+`build_green_fpn` / `build_green_swin_fpn_backbone` put detectron2's FPN on top (p2..p6).
 
 The module takes plain constructor arguments, so LazyConfig files build it with
 `L(GreenBackbone)(arch="swin_tiny", ...)`; the yacs adapter `build_green_swin_fpn_backbone`
@@ -27,8 +27,7 @@ import greenmim
 
 __all__ = [
     "GreenBackbone",
-    "GreenSwinBackbone",
-    "build_green_swin_fpn",
+    "build_green_fpn",
     "build_green_swin_backbone",
     "build_green_swin_fpn_backbone",
     "add_green_swin_config",
@@ -39,7 +38,7 @@ STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
 
 class GreenBackbone(Backbone):
-    """The dense path of a Green Swin encoder as a detectron2 Backbone.
+    """The dense path of a greenmim encoder (Swin or Twins-SVT) as a detectron2 Backbone.
 
     Input: images [B, 3, H, W] with H, W multiples of 32 (``size_divisibility``; detectron2's
     ImageList pads to it). Output: dict name -> [B, C_i, H / 2^(i+2), W / 2^(i+2)] for the names
@@ -176,10 +175,7 @@ class GreenBackbone(Backbone):
         return {"encoder." + n for n in names}
 
 
-GreenSwinBackbone = GreenBackbone  # the name before it also wrapped Twins; kept for old configs
-
-
-def build_green_swin_fpn(
+def build_green_fpn(
     arch: str = "swin_tiny",
     *,
     out_channels: int = 256,
@@ -202,6 +198,8 @@ def build_green_swin_fpn(
 
 # ---------------------------------------------------------------------------------------------
 # yacs adapters (MODEL.BACKBONE.NAME: "build_green_swin_fpn_backbone")
+# Their names and the MODEL.GREEN_SWIN keys are strings inside users' YAML files, so they keep
+# the names they were published with although MODEL.GREEN_SWIN.ARCH may name a Twins encoder.
 
 
 def add_green_swin_config(cfg: CfgNode) -> CfgNode:
@@ -239,7 +237,7 @@ def _backbone_kwargs_from_cfg(cfg: CfgNode) -> dict:
 
 def _check_input_shape(input_shape: Optional[ShapeSpec]) -> None:
     if input_shape is not None and input_shape.channels not in (None, 3):
-        raise ValueError(f"Green Swin backbones take 3-channel images, got {input_shape.channels} channels")
+        raise ValueError(f"Green backbones take 3-channel images, got {input_shape.channels} channels")
 
 
 @BACKBONE_REGISTRY.register()

@@ -23,7 +23,6 @@ from greenmim.weights import (
     ArchitectureMismatchError,
     CheckpointError,
     LayoutError,
-    LoadReport,
     convert_encoder_state_dict,
     describe_encoder_arch,
     extract_state_dict,
@@ -36,10 +35,8 @@ from greenmim.weights import (
 
 logger = logging.getLogger(__name__)
 
-ConversionReport = LoadReport  # the name this module used before greenmim.weights
-
 __all__ = [
-    "ArchitectureMismatchError", "CheckpointError", "ConversionReport", "GreenCheckpointer", "LayoutError",
+    "ArchitectureMismatchError", "CheckpointError", "GreenCheckpointer", "LayoutError",
     "convert_encoder_state_dict", "describe_encoder_arch", "extract_state_dict", "find_encoder_prefix",
     "load_checkpoint_file", "load_encoder_weights", "load_pickle_weights", "resize_relative_position_bias_table",
 ]

@@ -10,12 +10,12 @@ norms, FPN, heads) has id ``sum(depths) + 1`` and the full ``base_lr``.
 Weight decay is 0 for norms, biases (any parameter with fewer than 2 dims), relative position
 bias tables and whatever the encoder's ``no_weight_decay()`` names (Twins: its PEG weights).
 
-`get_swin_layer_decay_param_groups` plays the role of detectron2's
+`get_encoder_layer_decay_param_groups` plays the role of detectron2's
 `get_default_optimizer_params` (whose ``lr_factor_func`` argument does not exist in v0.6):
 
     optimizer = L(torch.optim.AdamW)(
-        params=L(get_swin_layer_decay_param_groups)(base_lr="${..lr}", weight_decay="${..weight_decay}",
-                                                    layer_decay=0.9),
+        params=L(get_encoder_layer_decay_param_groups)(base_lr="${..lr}", weight_decay="${..weight_decay}",
+                                                       layer_decay=0.9),
         lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
     # train_net sets optimizer.params.model = model before instantiating
 """
@@ -72,7 +72,7 @@ def _find_encoder(model: nn.Module) -> Tuple[str, Optional[nn.Module]]:
     return "", None
 
 
-def get_swin_layer_decay_param_groups(
+def get_encoder_layer_decay_param_groups(
     model: nn.Module,
     base_lr: float,
     weight_decay: float,
@@ -80,10 +80,10 @@ def get_swin_layer_decay_param_groups(
     weight_decay_norm: float = 0.0,
     overrides: Optional[Dict[str, Dict[str, float]]] = None,
 ) -> List[Dict[str, Any]]:
-    """Parameter groups for torch.optim.AdamW (or any optimizer) with Swin layer decay.
+    """Parameter groups for torch.optim.AdamW (or any optimizer) with layer-wise lr decay.
 
     Args:
-        model: the detector (or a bare GreenSwinBackbone / encoder).
+        model: the detector (or a bare GreenBackbone / encoder).
         base_lr: learning rate of the top layers and the detection heads.
         weight_decay: weight decay of weight matrices / conv kernels.
         layer_decay: per-layer lr multiplier (1.0 disables layer decay).
@@ -123,5 +123,6 @@ def get_swin_layer_decay_param_groups(
     ]
 
 
-# The name Twins configs used when Twins had a copy of this function.
-get_encoder_layer_decay_param_groups = get_swin_layer_decay_param_groups
+# The name projects/GreenMIM/README.md documented for LazyConfig files (`L(...)(...)` in users'
+# own configs imports it), so it stays importable; it serves Twins encoders as well.
+get_swin_layer_decay_param_groups = get_encoder_layer_decay_param_groups

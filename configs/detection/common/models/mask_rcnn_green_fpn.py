@@ -1,4 +1,5 @@
-"""Mask R-CNN + FPN on a Green Swin backbone (Swin-T by default; the per-arch configs set arch).
+"""Mask R-CNN + FPN on a Green backbone (Swin-T by default; the per-arch configs set arch,
+Swin or Twins-SVT).
 
 Same detector as detectron2's model zoo Mask R-CNN R50-FPN except the bottom-up network and the
 input normalisation: the encoder is pretrained on RGB images normalised with ImageNet statistics.
