@@ -14,6 +14,7 @@ import argparse
 import ast
 import importlib
 import importlib.metadata as metadata
+import importlib.util
 import os
 import re
 import subprocess

@@ -32,7 +32,8 @@ from greenmim_det import CheckpointError, DatasetError, GreenCheckpointer  # noq
 from greenmim_det.data import get_coco_dataset_dicts  # noqa: E402
 from greenmim_det.mapper import GreenDatasetMapper, read_image_any  # noqa: E402
 
-from test_detection import T1X, TINY, _load_tool, _tiny_detector  # noqa: E402
+from conftest import load_tool  # noqa: E402
+from test_detection import T1X, TINY, _tiny_detector  # noqa: E402
 
 
 def _rgb(h=40, w=50, seed=0):
@@ -253,9 +254,9 @@ def test_checkpoint_files(loader, kind, tmp_path, capsys):
         if loader == "resume":
             code = pretrain_main(["--config", TINY_CFG, *tiny_overrides(str(tmp_path / "o"), f"resume={path}")])
         elif loader == "visualize_reconstruction":
-            code = _load_tool(loader).main([path, "--out", str(tmp_path / "rec.png")])
+            code = load_tool(loader).main([path, "--out", str(tmp_path / "rec.png")])
         else:
-            code = _load_tool(loader).main([path, str(tmp_path / "out.pth")])
+            code = load_tool(loader).main([path, str(tmp_path / "out.pth")])
         lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("error")]
         assert code == 2 and len(lines) == 1
         msg = lines[0]
@@ -287,7 +288,7 @@ def test_pretraining_config_values(override, expected, tmp_path, capsys):
     ("dataloader.train.mapper.augmentations.7.max_size=64", "is a list of 2 items"),
 ])
 def test_detectron2_unknown_config_keys(override, expected, tmp_path):
-    train_net = _load_tool("train_net")
+    train_net = load_tool("train_net")
     args = train_net.parse_args(["--config-file", T1X, *TINY, "train.device=cpu",
                                  f"train.output_dir={tmp_path}", override])
     with pytest.raises(SystemExit) as err:
@@ -297,6 +298,6 @@ def test_detectron2_unknown_config_keys(override, expected, tmp_path):
 
 def test_reconstruction_figure_mask_ratio_out_of_range(tmp_path, capsys):
     path = _file(tmp_path, "garbage")  # the ratio is checked before the file is read
-    code = _load_tool("visualize_reconstruction").main([path, "--mask-ratio", "1.5", "--out", str(tmp_path / "r.png")])
+    code = load_tool("visualize_reconstruction").main([path, "--mask-ratio", "1.5", "--out", str(tmp_path / "r.png")])
     lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("error")]
     assert code == 2 and len(lines) == 1 and "--mask-ratio must be in (0, 1), got 1.5" in lines[0]

@@ -1,7 +1,6 @@
 """Data pipeline: synthetic COCO generator, pretraining image folders, transforms, the CLI."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -15,7 +14,8 @@ from greenmim.data.folder import ImageFolderDataset, load_rgb
 from greenmim.data.synthetic import CATEGORIES, generate_synthetic_coco, render_image
 from greenmim.data.transforms import build_pretrain_transform
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_tool
+
 SMALL = dict(num_train=6, num_val=3, img_size=128, seed=3)
 
 
@@ -135,10 +135,7 @@ def test_synthetic_reuse_and_resume(small_dataset, tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic_coco", os.path.join(REPO, "tools", "make_synthetic_coco.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool("make_synthetic_coco")
     out = str(tmp_path / "cli")
     assert cli.main(["--out", out, "--num-train", "2", "--num-val", "1", "--img-size", "64"]) == 0
     text = capsys.readouterr().out

@@ -4,7 +4,6 @@ synthetic COCO, pictures, and one-line errors for bad input. CPU only, tiny mode
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -18,23 +17,22 @@ from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 import greenmim  # noqa: E402
-from greenmim.data.synthetic import generate_synthetic_coco  # noqa: E402
+from conftest import REPO, SIDE, coco_overrides, load_tool  # noqa: E402
 from greenmim_det import (  # noqa: E402
     ArchitectureMismatchError,
     CheckpointError,
     DatasetError,
+    GreenBackbone,
     GreenCheckpointer,
-    GreenSwinBackbone,
-    build_green_swin_fpn,
+    build_green_fpn,
     convert_encoder_state_dict,
     get_coco_dataset_dicts,
-    get_swin_layer_decay_param_groups,
+    get_encoder_layer_decay_param_groups,
     resize_relative_position_bias_table,
     swin_layer_id,
     swin_lr_decay_factors,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "detection", "mask_rcnn_green_swin_*_fpn_*.py")))
 TINY_ENC = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1])
 # a tiny encoder and slim heads: the detector's structure, a fraction of its cost
@@ -51,48 +49,18 @@ TINY = [
     "model.proposal_generator.post_nms_topk=[200,100]",
 ]
 T1X = os.path.join(REPO, "configs", "detection", "mask_rcnn_green_swin_t_fpn_1x.py")
-SIDE = 64  # train/test resize (short side and max size)
-
-
-def _load_tool(name):
-    path = os.path.join(REPO, "tools", f"{name}.py")  # name: "train_net", "benchmarks/detection", ...
-    spec = importlib.util.spec_from_file_location(f"_greenmim_tool_{name.replace('/', '_')}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory):
+def coco(make_coco):
     """Synthetic COCO-format shapes (5 classes), 128 px images."""
-    return generate_synthetic_coco(str(tmp_path_factory.mktemp("det") / "shapes"), num_train=6, num_val=3,
-                                   img_size=128, seed=0)
-
-
-def _data_overrides(coco, num_train_iters_batch=2):
-    opts = [
-        "model.roi_heads.num_classes=5",
-        "dataloader.train.dataset.names=greenmim_test_shapes_train",
-        f"dataloader.train.dataset.json_file={coco['train_json']}",
-        f"dataloader.train.dataset.image_root={coco['train_images']}",
-        "dataloader.test.dataset.names=greenmim_test_shapes_val",
-        f"dataloader.test.dataset.json_file={coco['val_json']}",
-        f"dataloader.test.dataset.image_root={coco['val_images']}",
-        f"dataloader.train.total_batch_size={num_train_iters_batch}",
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
-        f"dataloader.test.mapper.augmentations.0.short_edge_length={SIDE}",
-        f"dataloader.test.mapper.augmentations.0.max_size={SIDE}",
-        f"dataloader.train.mapper.augmentations.0.max_size={SIDE}",
-        "train.device=cpu",
-    ]
-    return opts
+    return make_coco(num_train=6, num_val=3, img_size=128)
 
 
 def _tiny_cfg(path, coco, extra=()):
     cfg = LazyConfig.load(path)
     train_sizes = [SIDE - 16, SIDE] if "3x" in os.path.basename(path) else SIDE
-    opts = TINY + _data_overrides(coco) + [
+    opts = TINY + coco_overrides(coco) + [
         f"dataloader.train.mapper.augmentations.0.short_edge_length={train_sizes}".replace(" ", "")
     ] + list(extra)
     return LazyConfig.apply_overrides(cfg, opts)
@@ -102,7 +70,7 @@ def _tiny_cfg(path, coco, extra=()):
 
 @pytest.mark.parametrize("arch,channels", [("swin_tiny", [96, 192, 384, 768]), ("swin_base", [128, 256, 512, 1024])])
 def test_backbone_names_channels_strides(arch, channels):
-    backbone = GreenSwinBackbone(arch, depths=[1, 1, 1, 1])  # real widths, shallow for speed
+    backbone = GreenBackbone(arch, depths=[1, 1, 1, 1])  # real widths, shallow for speed
     shapes = backbone.output_shape()
     assert list(shapes) == ["res2", "res3", "res4", "res5"]
     assert [s.channels for s in shapes.values()] == channels
@@ -116,7 +84,7 @@ def test_backbone_names_channels_strides(arch, channels):
 
 
 def test_fpn_outputs_p2_to_p6():
-    fpn = build_green_swin_fpn("swin_tiny", out_channels=32, **TINY_ENC)
+    fpn = build_green_fpn("swin_tiny", out_channels=32, **TINY_ENC)
     with torch.no_grad():
         out = fpn(torch.randn(2, 3, 96, 64))
     assert list(out) == ["p2", "p3", "p4", "p5", "p6"]
@@ -141,7 +109,7 @@ def test_yacs_registry_builder():
 
 
 def test_frozen_stages_and_every_trainable_param_gets_a_gradient():
-    backbone = GreenSwinBackbone("swin_tiny", frozen_stages=1, drop_path_rate=0.1, use_checkpoint=True, **TINY_ENC)
+    backbone = GreenBackbone("swin_tiny", frozen_stages=1, drop_path_rate=0.1, use_checkpoint=True, **TINY_ENC)
     backbone.train()
     enc = backbone.encoder
     assert not any(p.requires_grad for p in enc.patch_embed.parameters())
@@ -238,7 +206,7 @@ def test_pretraining_checkpoint_and_encoder_export_load_with_zero_missing_keys(c
     assert "decoder" in report.dropped or path == export
 
     # tools/convert_checkpoint.py writes the same encoder to disk
-    convert = _load_tool("convert_checkpoint")
+    convert = load_tool("convert_checkpoint")
     out = tmp_path / "converted.pth"
     assert convert.main([str(full), str(out)]) == 0
     converted = torch.load(out, weights_only=True)["model"]
@@ -275,7 +243,7 @@ def test_official_swin_simmim_formats_load(coco, tmp_path):
     with pytest.raises(CheckpointError, match="yacs.config.CfgNode.*--trust-pickle"):
         GreenCheckpointer(_tiny_detector(coco)).load(str(legacy))
     fixed = tmp_path / "fixed.pth"
-    assert _load_tool("convert_checkpoint").main(["--trust-pickle", str(legacy), str(fixed)]) == 0
+    assert load_tool("convert_checkpoint").main(["--trust-pickle", str(legacy), str(fixed)]) == 0
     detector = _tiny_detector(coco)
     GreenCheckpointer(detector).load(str(fixed))
     _assert_encoder_equal(detector, enc_sd)
@@ -319,8 +287,8 @@ def test_wrong_architecture_is_one_clear_error(coco, tmp_path):
 
 
 def test_benchmark_timm_twin_computes_the_same_features():
-    bench = _load_tool("benchmarks/detection")
-    green = GreenSwinBackbone("swin_tiny", drop_path_rate=0.0, embed_dim=16, depths=[1, 2, 1, 1],
+    bench = load_tool("benchmarks/detection")
+    green = GreenBackbone("swin_tiny", drop_path_rate=0.0, embed_dim=16, depths=[1, 2, 1, 1],
                               num_heads=[1, 1, 2, 2]).eval()
     twin = bench.TimmSwinBottomUp(green, "swin_tiny_patch4_window7_224", 224).eval()
     x = torch.randn(1, 3, 224, 224)
@@ -341,8 +309,8 @@ def test_layer_decay_monotone_and_weight_decay_exclusions():
     assert ids == list(range(sum(depths) + 1))  # patch_embed 0 ... last block = total depth
     assert swin_layer_id("layers.1.downsample.reduction.weight", depths) == 4
 
-    fpn = build_green_swin_fpn("swin_tiny", out_channels=16, **TINY_ENC)
-    groups = get_swin_layer_decay_param_groups(fpn, base_lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    fpn = build_green_fpn("swin_tiny", out_channels=16, **TINY_ENC)
+    groups = get_encoder_layer_decay_param_groups(fpn, base_lr=1.0, weight_decay=0.05, layer_decay=0.5)
     lr_of, wd_of = {}, {}
     for g in groups:
         for p in g["params"]:
@@ -358,6 +326,9 @@ def test_layer_decay_monotone_and_weight_decay_exclusions():
     assert wd_of[id(params["bottom_up.out_norms.res2.weight"])] == 0
     assert wd_of[id(params["bottom_up.encoder.layers.0.blocks.0.attn.qkv.weight"])] == 0.05
     assert sum(len(g["params"]) for g in groups) == len(params)
+    # the name projects/GreenMIM/README.md documents for LazyConfig files stays importable
+    import greenmim_det
+    assert greenmim_det.get_swin_layer_decay_param_groups is get_encoder_layer_decay_param_groups
 
 
 # --------------------------------------------------------------------------------- end to end
@@ -391,11 +362,11 @@ def test_evaluator_scores_ground_truth_as_100(coco, tmp_path):
 
 
 def test_train_eval_resume_and_visualize(coco, tmp_path, capsys):
-    train_net = _load_tool("train_net")
+    train_net = load_tool("train_net")
     out = tmp_path / "run"
     cfg_path = T1X
     # test_score_thresh 0: a barely trained model still returns detections, so AP is defined
-    opts = TINY + _data_overrides(coco) + [
+    opts = TINY + coco_overrides(coco) + [
         f"dataloader.train.mapper.augmentations.0.short_edge_length={SIDE}",
         "model.roi_heads.box_predictor.test_score_thresh=0.0",
         "train.max_iter=24", "train.eval_period=0", "train.log_period=8", "train.seed=0",
@@ -423,13 +394,13 @@ def test_train_eval_resume_and_visualize(coco, tmp_path, capsys):
     # pictures: a folder plus an unreadable file, ground truth | prediction side by side
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    visualize = _load_tool("visualize_detections")
+    visualize = load_tool("visualize_detections")
     vis_dir = tmp_path / "vis"
     written = visualize.main([
         "--config-file", cfg_path, "--checkpoint", str(out / "model_final.pth"),
         "--input", coco["val_images"], str(bad), "--output", str(vis_dir), "--score-threshold", "0.0",
         "--dataset", "greenmim_test_shapes_val", "--gt"] + TINY + ["model.roi_heads.num_classes=5"]
-        + [o for o in _data_overrides(coco) if o.startswith("dataloader.test.mapper")])
+        + [o for o in coco_overrides(coco) if o.startswith("dataloader.test.mapper")])
     assert len(written) == 3 and all(p.endswith(".png") and os.path.isfile(p) for p in written)
     assert "skipping" in capsys.readouterr().out
     from PIL import Image
@@ -458,7 +429,7 @@ def test_bad_dataset_inputs_give_one_line_errors(tmp_path, coco):
         assert text in str(err.value) and "\n" not in str(err.value), case
 
     # the same through the training script: one "error: ..." line, no traceback
-    train_net = _load_tool("train_net")
+    train_net = load_tool("train_net")
     args = train_net.parse_args(["--config-file", T1X] + TINY + [
         "train.device=cpu", f"train.output_dir={tmp_path / 'out'}", "dataloader.train.dataset.names=no_such_dataset"])
     with pytest.raises(SystemExit) as err:

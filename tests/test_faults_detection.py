@@ -14,27 +14,26 @@ import sys
 import time
 
 import pytest
-from greenmim.engine import faults
+from greenmim import faults
 import torch
 
 pytest.importorskip("detectron2")
 
-from test_detection import SIDE, T1X, TINY, _data_overrides, _load_tool  # noqa: E402
+from conftest import SIDE, coco_overrides, load_tool  # noqa: E402
+from test_detection import T1X, TINY  # noqa: E402
 
 MAX_ITER = 12
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    from greenmim.data.synthetic import generate_synthetic_coco
-    return generate_synthetic_coco(str(tmp_path_factory.mktemp("det") / "shapes"), num_train=4, num_val=1,
-                                   img_size=64, seed=0)
+def coco(make_coco):
+    return make_coco(num_train=4, num_val=1, img_size=64)
 
 
 def _own_data(coco):
-    """test_detection's data overrides under dataset names of this module: detectron2's catalog is
-    global, and test_detection registers its own files under its names."""
-    return [o.replace("greenmim_test_shapes", "greenmim_faults_shapes") for o in _data_overrides(coco)]
+    """The data overrides under dataset names of this module: detectron2's catalog is global, and
+    test_detection registers its own files under the default names."""
+    return coco_overrides(coco, dataset="greenmim_faults_shapes")
 
 
 def _args(coco, out, *extra):
@@ -52,8 +51,10 @@ def _fork_train(argv, fault=None):
         if fault:
             os.environ["GREENMIM_FAULT"] = fault
         torch.set_num_threads(1)
-        train_net = _load_tool("train_net")
-        train_net.do_test = lambda cfg, model: {}  # evaluation is not under test here: skip it
+        import greenmim_det.train_net as program  # what tools/train_net.py runs
+
+        program.do_test = lambda cfg, model: {}  # evaluation is not under test here: skip it
+        train_net = load_tool("train_net")
         train_net.main(train_net.parse_args(argv))
         sys.exit(0)
 
@@ -79,7 +80,7 @@ def _last_logged_iter(out):
         return -1
 
 
-def test_train_net_killed_anywhere_resumes_at_the_right_iteration(coco, tmp_path):
+def test_train_net_killed_anywhere_resumes_at_the_right_iteration(coco, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     # 1. killed half-way through writing its 2nd snapshot (iteration 3; the 1st is iteration 1)
     p = _fork_train(_args(coco, out), "save_mid_write:2")
@@ -98,8 +99,8 @@ def test_train_net_killed_anywhere_resumes_at_the_right_iteration(coco, tmp_path
     last = _snapshots_load(out)
     assert 3 <= last < MAX_ITER - 1
     # 3. resumed to the end here: it starts right after the last complete snapshot
-    train_net = _load_tool("train_net")
-    train_net.do_test = lambda cfg, model: {}
+    train_net = load_tool("train_net")
+    monkeypatch.setattr("greenmim_det.train_net.do_test", lambda cfg, model: {})
     trainer = train_net.main(train_net.parse_args(["--resume", *_args(coco, out)]))
     assert trainer.start_iter == last + 1 and trainer.iter == MAX_ITER
     assert torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["iteration"] == MAX_ITER - 1
@@ -110,8 +111,8 @@ def test_disk_full_while_saving_a_snapshot_is_one_line(coco, tmp_path, monkeypat
     out = str(tmp_path / "full")
     monkeypatch.setenv("GREENMIM_FAULT", "save_enospc:2")
     faults.reset()
-    train_net = _load_tool("train_net")
-    train_net.do_test = lambda cfg, model: {}
+    train_net = load_tool("train_net")
+    monkeypatch.setattr("greenmim_det.train_net.do_test", lambda cfg, model: {})
     with pytest.raises(SystemExit) as err:
         train_net.main(train_net.parse_args(_args(coco, out)))
     msg = str(err.value)

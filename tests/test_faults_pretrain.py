@@ -1,7 +1,7 @@
 """Pretraining under faults: SIGKILL at any moment (also inside the checkpoint writer), disk full,
 NaN/inf gradients, a lost process in a 2-process torchrun job.
 
-Kills use the GREENMIM_FAULT hook (greenmim.engine.faults) or a SIGKILL from the test at a random
+Kills use the GREENMIM_FAULT hook (greenmim.faults) or a SIGKILL from the test at a random
 moment. To stay fast, single-process runs are forks of this (already imported) test process calling
 the `main()` that pretrain/main_pretrain.py calls; the distributed runs start main_pretrain.py
 with torchrun.
@@ -19,7 +19,7 @@ import sys
 import time
 
 import pytest
-from greenmim.engine import faults
+from greenmim import faults
 import torch
 
 from greenmim.config import load_config

@@ -5,7 +5,6 @@ Tiny Swin (embed 32, one block per stage) at 64 px on a generated 3-class split 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -19,24 +18,14 @@ from greenmim.engine.finetune_config import load_finetune_config
 from greenmim.engine.layer_decay import layer_decay_param_groups, layer_scales
 from greenmim.models.classifier import build_classifier
 
+from conftest import load_tool
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CFG = os.path.join(ROOT, "configs", "finetune", "tiny_cpu.yaml")
 TINY_ENC = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=2)
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test on one torch thread (conftest)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 
 from greenmim.data.synthetic import MAX_STROKES, _background
 
-from test_finetune import load_tool
+from conftest import load_tool
 
 gen = load_tool("make_synthetic_classification")
 

@@ -12,10 +12,11 @@ from greenmim.engine import checkpoint as ckpt
 from greenmim.engine.finetune import run
 from greenmim.engine.finetune_config import load_finetune_config
 
-from test_finetune import ROOT, TINY_CFG, epochs_of, one_thread, shapes, tiny_overrides  # noqa: F401
+from test_finetune import ROOT, TINY_CFG, epochs_of, shapes, tiny_overrides  # noqa: F401
 from test_pretrain import _env
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def test_two_gloo_processes_match_one_process(shapes, tmp_path):  # noqa: F811

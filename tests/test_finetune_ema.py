@@ -16,7 +16,10 @@ from greenmim.engine import checkpoint as ckpt
 from greenmim.engine.finetune import main, run
 from greenmim.engine.finetune_config import load_finetune_config
 
-from test_finetune import EASY, TINY_CFG, epochs_of, load_tool, one_thread, tiny_overrides  # noqa: F401
+from conftest import load_tool
+from test_finetune import EASY, TINY_CFG, epochs_of, tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test on one torch thread (conftest)
 
 # a short decay, so that a few steps move the EMA visibly (the recipe's 0.9999 barely moves)
 EMA = ["train.model_ema=true", "train.model_ema_decay=0.5"]

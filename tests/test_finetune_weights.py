@@ -17,7 +17,9 @@ from greenmim.engine.finetune_init import init_classifier
 from greenmim import build_encoder
 from greenmim.models.classifier import build_classifier
 
-from test_finetune import TINY_CFG, TINY_ENC, one_thread, shapes, tiny_overrides  # noqa: F401
+from test_finetune import TINY_CFG, TINY_ENC, shapes, tiny_overrides  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test on one torch thread (conftest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_CFG = os.path.join(ROOT, "configs", "pretrain", "tiny_cpu.yaml")

@@ -4,7 +4,6 @@ The detector itself is not run here (tests/test_detection.py draws a trained one
 checks the demo's report); CPU, a few seconds."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -16,13 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))  # demo_report imports its neighbours by name
 
 import plot_curves  # noqa: E402
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"_greenmim_tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool  # noqa: E402
 
 
 def _png(path):
@@ -143,7 +136,7 @@ def test_detection_picture_size(height, width, tmp_path):
     pytest.importorskip("detectron2")
     from detectron2.data import MetadataCatalog
 
-    vis = _load_tool("visualize_detections")
+    vis = load_tool("visualize_detections")
     meta = MetadataCatalog.get("greenmim_test_pictures")
     meta.thing_classes = ["circle", "square", "triangle"]
     image, record, pred = _shapes(height, width)
@@ -178,7 +171,7 @@ def test_demo_report_from_a_finished_folder(logs, tmp_path):
                "total_seconds": 613.2, "this_run_seconds": 610.0, "metrics": {"pretrained": metrics},
                "pictures": ["detections/a.png", "detections/b.png", "reconstruction.png"]}
     (out / "summary.json").write_text(json.dumps(summary))
-    report_tool = _load_tool("demo_report")
+    report_tool = load_tool("demo_report")
     assert report_tool.main([str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "| GreenMIM-pretrained | box | 41.5 | 60.0 | - |" in text and "| mask | 38.2 |" in text

@@ -32,12 +32,7 @@ TINY_CFG = os.path.join(ROOT, "configs", "pretrain", "tiny_cpu.yaml")
 TINY = dict(img_size=64, embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test on one torch thread (conftest)
 
 
 def tiny_encoder(**kw):

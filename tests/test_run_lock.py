@@ -231,24 +231,25 @@ def test_sigkilled_pretraining_leaves_no_lock_and_resume_auto_goes_on(tmp_path, 
 
 # ---- tools/train_net.py ---------------------------------------------------------------------------
 
-def test_second_train_net_on_a_folder_in_use_stops_then_resume_after_sigkill(tmp_path_factory):
+def test_second_train_net_on_a_folder_in_use_stops_then_resume_after_sigkill(make_coco, tmp_path, monkeypatch):
     pytest.importorskip("detectron2")
-    from test_detection import SIDE, T1X, TINY, _data_overrides, _load_tool
-    from greenmim.data.synthetic import generate_synthetic_coco
+    from conftest import SIDE, coco_overrides, load_tool
+    from test_detection import T1X, TINY
 
-    root = tmp_path_factory.mktemp("det")
-    coco = generate_synthetic_coco(str(root / "shapes"), num_train=4, num_val=1, img_size=64, seed=0)
-    out, max_iter = str(root / "out"), 4
-    opts = TINY + [o.replace("greenmim_test_shapes", "greenmim_lock_shapes") for o in _data_overrides(coco)] + [
+    coco = make_coco(num_train=4, num_val=1, img_size=64)
+    out, max_iter = str(tmp_path / "out"), 4
+    opts = TINY + coco_overrides(coco, dataset="greenmim_lock_shapes") + [
         f"dataloader.train.mapper.augmentations.0.short_edge_length={SIDE}", f"train.max_iter={max_iter}",
         "train.eval_period=0", "train.log_period=1", "train.seed=0", "train.checkpointer.period=2",
         f"train.output_dir={out}"]
     argv = ["--config-file", T1X, *opts]
 
+    # evaluation is not under test here; the forked runs inherit the patch
+    monkeypatch.setattr("greenmim_det.train_net.do_test", lambda cfg, model: {})
+
     def train(args):
         torch.set_num_threads(1)
-        train_net = _load_tool("train_net")
-        train_net.do_test = lambda cfg, model: {}  # evaluation is not under test here
+        train_net = load_tool("train_net")
         return train_net.main(train_net.parse_args(args))
 
     first = _fork(train, argv)

@@ -13,20 +13,19 @@ import torch
 
 pytest.importorskip("detectron2")
 
-from test_detection import REPO, SIDE, T1X, TINY, _data_overrides  # noqa: E402
+from conftest import REPO, SIDE, coco_overrides  # noqa: E402
+from test_detection import T1X, TINY  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    from greenmim.data.synthetic import generate_synthetic_coco
-    return generate_synthetic_coco(str(tmp_path_factory.mktemp("det") / "shapes"), num_train=4, num_val=3,
-                                   img_size=64, seed=0)
+def coco(make_coco):
+    return make_coco(num_train=4, num_val=3, img_size=64)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 def test_two_cpu_processes_train_evaluate_and_save_once(coco, tmp_path):
     out = tmp_path / "run"
-    opts = TINY + _data_overrides(coco, num_train_iters_batch=4) + [
+    opts = TINY + coco_overrides(coco, num_train_iters_batch=4) + [
         f"dataloader.train.mapper.augmentations.0.short_edge_length={SIDE}",
         "model.roi_heads.box_predictor.test_score_thresh=0.0",
         "train.max_iter=6", "train.eval_period=0", "train.log_period=2", "train.seed=0",

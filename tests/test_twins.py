@@ -161,15 +161,10 @@ def test_mask_token_path_and_grad_checkpointing():
 # ------------------------------------------------------------------------ spconv vs PyTorch
 
 
-@pytest.fixture
-def one_thread():
-    """spconv 2.3.8's multi-threaded CPU kernels returned wrong values (up to 100% of elements) when
-    the 2 cores were contended, and correct ones with one thread: a race in spconv, not in GreenMIM
-    (`auto` uses the PyTorch path on the CPU). The spconv comparisons therefore run on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# spconv 2.3.8's multi-threaded CPU kernels returned wrong values (up to 100% of elements) when
+# the 2 cores were contended, and correct ones with one thread: a race in spconv, not in GreenMIM
+# (`auto` uses the PyTorch path on the CPU). The spconv comparisons therefore take `one_thread`.
+
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_sparse_convs_equal_dense_convs_both_backends(shared, one_thread):
@@ -296,7 +291,7 @@ def _det():
 
 def test_detectron2_backbone_names_strides_channels_and_fpn():
     det = _det()
-    backbone = det.GreenSwinBackbone("twins_svt_base", depths=[2, 2, 2, 2])  # real widths, shallow
+    backbone = det.GreenBackbone("twins_svt_base", depths=[2, 2, 2, 2])  # real widths, shallow
     shapes = backbone.output_shape()
     assert list(shapes) == ["res2", "res3", "res4", "res5"]
     assert [s.channels for s in shapes.values()] == [96, 192, 384, 768]
@@ -305,14 +300,14 @@ def test_detectron2_backbone_names_strides_channels_and_fpn():
         out = backbone(torch.randn(1, 3, 64, 96))
     for name, s in shapes.items():
         assert out[name].shape == (1, s.channels, 64 // s.stride, 96 // s.stride)
-    fpn = det.build_green_swin_fpn("twins_svt_small", out_channels=32, **SMALL)
+    fpn = det.build_green_fpn("twins_svt_small", out_channels=32, **SMALL)
     with torch.no_grad():
         assert list(fpn(torch.randn(1, 3, 64, 64))) == ["p2", "p3", "p4", "p5", "p6"]
 
 
 def test_detectron2_frozen_stages_and_every_trainable_param_gets_a_gradient():
     det = _det()
-    backbone = det.GreenSwinBackbone("twins_svt_small", frozen_stages=1, drop_path_rate=0.1,
+    backbone = det.GreenBackbone("twins_svt_small", frozen_stages=1, drop_path_rate=0.1,
                                      use_checkpoint=True, **SMALL)
     backbone.train()
     enc = backbone.encoder
@@ -326,10 +321,8 @@ def test_detectron2_frozen_stages_and_every_trainable_param_gets_a_gradient():
 
 
 @pytest.fixture(scope="module")
-def shapes_coco(tmp_path_factory):
-    from greenmim.data.synthetic import generate_synthetic_coco
-    return generate_synthetic_coco(str(tmp_path_factory.mktemp("twins_det") / "shapes"), num_train=4,
-                                   num_val=2, img_size=96, seed=0)
+def shapes_coco(make_coco):
+    return make_coco(num_train=4, num_val=2, img_size=96, folder="twins_det")
 
 
 def test_mask_rcnn_config_builds_trains_one_step_and_infers(shapes_coco):
@@ -401,11 +394,11 @@ def test_detectron2_loads_a_twins_pretraining_checkpoint_and_rejects_another_arc
                         decoder_depth=1, decoder_num_heads=2)
     path = str(tmp_path / "checkpoint.pth")
     torch.save({"model": pretrain.state_dict()}, path)
-    backbone = det.GreenSwinBackbone("twins_svt_small", **SMALL)
+    backbone = det.GreenBackbone("twins_svt_small", **SMALL)
     report = det.load_encoder_weights(backbone.encoder, path)
     assert report.missing == [] and report.loaded > 0
     for name, value in backbone.encoder.state_dict().items():
         torch.testing.assert_close(value, pretrain.encoder.state_dict()[name], rtol=0, atol=0)
-    wider = det.GreenSwinBackbone("twins_svt_small", **{**SMALL, "embed_dim": 32})
+    wider = det.GreenBackbone("twins_svt_small", **{**SMALL, "embed_dim": 32})
     with pytest.raises(det.ArchitectureMismatchError, match="architecture mismatch: .*twins"):
         det.load_encoder_weights(wider.encoder, path)

@@ -21,7 +21,8 @@ from greenmim.engine.pretrain import main as pretrain_main  # noqa: E402
 from greenmim_det import CheckpointError, GreenCheckpointer  # noqa: E402
 from greenmim_det.checkpoint import load_encoder_weights  # noqa: E402
 
-from test_detection import T1X, TINY, _data_overrides, _load_tool, _tiny_detector  # noqa: E402
+from conftest import coco_overrides, load_tool  # noqa: E402
+from test_detection import T1X, TINY, _tiny_detector  # noqa: E402
 from test_pretrain import TINY_CFG, tiny_overrides  # noqa: E402
 
 
@@ -52,9 +53,9 @@ def evil(tmp_path_factory):
 
 
 def _own_data(coco):
-    """test_detection's data overrides under dataset names of this module: detectron2's catalog is
-    global, and test_detection registers its own files under its names."""
-    return [o.replace("greenmim_test_shapes", "greenmim_untrusted_shapes") for o in _data_overrides(coco)]
+    """The data overrides under dataset names of this module: detectron2's catalog is global, and
+    test_detection registers its own files under the default names."""
+    return coco_overrides(coco, dataset="greenmim_untrusted_shapes")
 
 
 def _refused(evil, message):
@@ -78,7 +79,7 @@ def test_pretraining_resume_refuses(evil, tmp_path, capsys):
     ("visualize_reconstruction", ["{pth}", "--out", "{dir}/rec.png"]),
 ])
 def test_tools_refuse(evil, capsys, tool, argv):
-    code = _load_tool(tool).main([a.format(**evil) for a in argv])
+    code = load_tool(tool).main([a.format(**evil) for a in argv])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(err) == 1
     _refused(evil, err[0])
@@ -94,10 +95,8 @@ def test_encoder_loading_and_detectron2_checkpointer_refuse(evil):
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    from greenmim.data.synthetic import generate_synthetic_coco
-    return generate_synthetic_coco(str(tmp_path_factory.mktemp("det") / "shapes"), num_train=2, num_val=1,
-                                   img_size=64, seed=0)
+def coco(make_coco):
+    return make_coco(num_train=2, num_val=1, img_size=64)
 
 
 @pytest.mark.parametrize("kind", ["pth", "pkl"])
@@ -108,7 +107,7 @@ def test_green_checkpointer_refuses(evil, coco, kind):
 
 
 def test_train_net_weights_resume_and_visualize_refuse(evil, coco, tmp_path):
-    train_net = _load_tool("train_net")
+    train_net = load_tool("train_net")
     opts = TINY + _own_data(coco)
     # MODEL weights (train.init_checkpoint), through --eval-only: the model is built, then loaded
     args = train_net.parse_args(["--config-file", T1X, "--eval-only", *opts, f"train.output_dir={tmp_path / 'a'}",
@@ -127,7 +126,7 @@ def test_train_net_weights_resume_and_visualize_refuse(evil, coco, tmp_path):
         train_net.main(args)
     _refused(evil, err.value)
     # pictures from a checkpoint
-    visualize = _load_tool("visualize_detections")
+    visualize = load_tool("visualize_detections")
     with pytest.raises(SystemExit) as err:
         visualize.main(["--config-file", T1X, "--checkpoint", evil["pkl"], "--input", coco["val_images"],
                         "--output", str(tmp_path / "vis"), *TINY, "model.roi_heads.num_classes=5"])

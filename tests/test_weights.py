@@ -7,7 +7,6 @@ widths and depths, tiny maps); Swin-T also goes through timm's published 224 px 
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
@@ -15,6 +14,7 @@ import timm
 import torch
 
 import greenmim
+from conftest import load_tool
 from greenmim.config import UserError
 from greenmim.weights import (
     ArchitectureMismatchError,
@@ -25,7 +25,6 @@ from greenmim.weights import (
     save_safetensors,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # our arch -> (timm model, timm kwargs, our kwargs), all at 64 px with window 2
 CASES = {
     "swin_tiny": ("swin_tiny_patch4_window7_224", dict(window_size=2), dict(window_size=2)),
@@ -34,13 +33,6 @@ CASES = {
 }
 IMG = 64
 TINY_SWIN = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"_greenmim_tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _timm_features(model, x):
@@ -116,7 +108,7 @@ def test_format_timm_output_loads_with_timms_pretrained_loading(arch, case, tmp_
     export = tmp_path / "encoder.pth"
     torch.save({"model": {k: v.float() for k, v in c["ours"].state_dict().items()}}, export)
     out = str(tmp_path / ("timm.pth" if arch == "twins_svt_small" else "timm.safetensors"))
-    assert _load_tool("convert_checkpoint").main([str(export), out, "--format", "timm"]) == 0
+    assert load_tool("convert_checkpoint").main([str(export), out, "--format", "timm"]) == 0
     printed = capsys.readouterr().out
     assert "missing encoder tensors: 0" in printed and "a fresh 1000-class head" in printed
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=out), img_size=IMG, **timm_kw)
@@ -130,7 +122,7 @@ def test_format_timm_swin_t_loads_into_timms_model_as_published(tmp_path, capsys
     source = timm.create_model(name, pretrained=False).state_dict()
     hub, ours, out = (str(tmp_path / n) for n in ("model.safetensors", "encoder.safetensors", "timm.pth"))
     save_safetensors(source, hub)
-    convert = _load_tool("convert_checkpoint")
+    convert = load_tool("convert_checkpoint")
     assert convert.main([hub, ours]) == 0
     assert convert.main([hub, out, "--format", "timm"]) == 0
     printed = capsys.readouterr().out
@@ -146,7 +138,7 @@ def test_convert_writes_our_names_from_a_timm_file(case, tmp_path, capsys):
     c = case("twins_svt_small")
     src, out = tmp_path / "model.safetensors", tmp_path / "encoder.safetensors"
     save_safetensors(c["sd"], str(src))
-    assert _load_tool("convert_checkpoint").main([str(src), str(out)]) == 0
+    assert load_tool("convert_checkpoint").main([str(src), str(out)]) == 0
     assert "(timm layout)" in capsys.readouterr().out
     _zero(c["ours"])
     c["ours"].load_state_dict(read_weights(str(out)), strict=True)  # plain torch, no greenmim mapping
@@ -213,7 +205,7 @@ def test_a_renamed_layout_is_named_as_such_not_as_another_architecture(tmp_path)
 
 def test_convert_tool_reports_bad_files_in_one_error_line(tmp_path, capsys):
     save_safetensors(_tiny_timm_sd(embed_dim=32), str(tmp_path / "other_arch.safetensors"))
-    convert = _load_tool("convert_checkpoint")
+    convert = load_tool("convert_checkpoint")
     code = convert.main([str(tmp_path / "other_arch.safetensors"), str(tmp_path / "out.pth"),
                          "--arch", "swin_tiny", "--img-size", "64", "--window-size", "2"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
@@ -247,6 +239,6 @@ def test_pretraining_export_writes_encoder_safetensors_when_asked(tmp_path):
 def test_visualize_reconstruction_says_a_safetensors_file_is_weights_only(tmp_path, capsys):
     path = str(tmp_path / "encoder.safetensors")
     save_safetensors(_tiny_encoder().state_dict(), path)
-    code = _load_tool("visualize_reconstruction").main([path, "--out", str(tmp_path / "rec.png")])
+    code = load_tool("visualize_reconstruction").main([path, "--out", str(tmp_path / "rec.png")])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
     assert code == 2 and len(err) == 1 and "weights only" in err[0] and "checkpoint-last.pth" in err[0]

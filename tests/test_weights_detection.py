@@ -20,7 +20,8 @@ from detectron2.config import LazyConfig, instantiate  # noqa: E402
 import greenmim  # noqa: E402
 from greenmim.weights import convert_encoder_state_dict, save_safetensors  # noqa: E402
 from greenmim_det import GreenCheckpointer  # noqa: E402
-from test_detection import REPO, SIDE, T1X, TINY, _data_overrides, _load_tool  # noqa: E402
+from conftest import REPO, SIDE, coco_overrides, load_tool  # noqa: E402
+from test_detection import T1X, TINY  # noqa: E402
 
 CONFIGS = os.path.join(REPO, "configs", "detection")
 SLIM_HEADS = [o for o in TINY if not o.startswith("model.backbone.bottom_up.")]
@@ -68,7 +69,7 @@ def _tiny_encoder_export(tmp_path):
 def test_format_detectron2_loads_with_detectron2s_stock_checkpointer(tmp_path, capsys, caplog):
     source, export = _tiny_encoder_export(tmp_path)
     out = str(tmp_path / "swin_t_d2.pth")
-    assert _load_tool("convert_checkpoint").main([export, out, "--format", "detectron2"]) == 0
+    assert load_tool("convert_checkpoint").main([export, out, "--format", "detectron2"]) == 0
     assert "DetectionCheckpointer(model).load" in capsys.readouterr().out
     detector = _detector("mask_rcnn_green_swin_t_fpn_1x.py", TINY[:3])
     DetectionCheckpointer(detector).load(out)  # detectron2's own, no greenmim code
@@ -85,10 +86,8 @@ def test_format_detectron2_loads_with_detectron2s_stock_checkpointer(tmp_path, c
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    from greenmim.data.synthetic import generate_synthetic_coco
-    return generate_synthetic_coco(str(tmp_path_factory.mktemp("det") / "shapes"), num_train=1, num_val=1,
-                                   img_size=64, seed=0)
+def coco(make_coco):
+    return make_coco(num_train=1, num_val=1, img_size=64)
 
 
 def test_train_net_prints_the_one_line_load_report(coco, tmp_path):
@@ -97,7 +96,7 @@ def test_train_net_prints_the_one_line_load_report(coco, tmp_path):
     path = str(tmp_path / "model.safetensors")
     save_safetensors(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, **TINY_TIMM).state_dict(), path)
     out = tmp_path / "run"
-    opts = TINY + _data_overrides(coco, num_train_iters_batch=1) + [
+    opts = TINY + coco_overrides(coco, num_train_iters_batch=1) + [
         f"dataloader.train.mapper.augmentations.0.short_edge_length={SIDE}",
         f"train.output_dir={out}", f"train.init_checkpoint={path}"]
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", T1X, "--eval-only", *opts]
