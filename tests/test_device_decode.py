@@ -154,8 +154,10 @@ def test_bad_files_are_skipped_alike_on_both_paths(folder, workers):
         warnings.simplefilter("ignore")  # the skip warnings (tested in test_data.py)
         cpu_ds, _, cpu = _batches(folder, "pil", workers=workers)
         dev_ds, _, dev = _batches(folder, "gpu", workers=workers)
-    for a, b in zip(cpu, dev):  # replacements (the next readable file) and the PNG agree too
+        _, _, draft = _batches(folder, "draft", workers=workers)
+    for a, b, c in zip(cpu, dev, draft):  # replacements (the next readable file) and the PNG too
         assert _agree(a, b).max() < 0.05
+        assert _agree(a, c).max() < 0.08  # the draft path decodes at reduced scale (test_fast_decode)
     if workers == 0:
         assert cpu_ds.dataset.num_skipped == dev_ds.dataset.num_skipped >= 1
 

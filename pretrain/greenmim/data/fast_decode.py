@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from PIL import Image
 from torchvision import transforms as T
 
 from .crop import RATIO, SCALE, draw_crop
-from .folder import to_rgb
+from .folder import UNREADABLE, to_rgb
 
 
 class DraftRandomResizedCrop:
@@ -34,15 +35,21 @@ class DraftRandomResizedCrop:
     def __call__(self, path: str) -> Image.Image:
         with Image.open(path) as img:
             width, height = img.size
+            rng = torch.get_rng_state()
             top, left, h, w, flip = draw_crop(width, height, self.scale, self.ratio)  # header size only
             reduce = 1
             while reduce < 8 and min(h, w) // (2 * reduce) >= self.size:
                 reduce *= 2
             if reduce > 1 and img.format == "JPEG":
                 img.draft("RGB", (-(-width // reduce), -(-height // reduce)))
-            img.load()
+            try:
+                img.load()
+                rgb = to_rgb(img, path)
+            except UNREADABLE:
+                # undo the draw: the file that replaces this one gets the draw the PIL path gives it
+                torch.set_rng_state(rng)
+                raise
             fx, fy = img.size[0] / width, img.size[1] / height
-            rgb = to_rgb(img, path)
         box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
         out = rgb.resize((self.size, self.size), Image.BICUBIC, box=box)
         return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out
