@@ -22,9 +22,14 @@ unset PYTHONPATH  # the check is about what the installed package finds on its o
 # 1. The wheel, built from a copy: what git tracks plus new files it does not ignore (a build
 #    in the checkout would leave build/ and *.egg-info behind).
 mkdir -p "$WORK/src"
-(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
-  | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
-  | xargs -0 cp --parents -t "$WORK/src")
+if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
+    | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+    | xargs -0 cp --parents -t "$WORK/src")
+else  # an unpacked release: everything but the venv and build outputs
+  tar -C "$ROOT" --exclude=./.venv --exclude=./build --exclude=./dist --exclude='*.egg-info' \
+    --exclude=./output --exclude=./outputs -cf - . | tar -C "$WORK/src" -xf -
+fi
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$WORK/src" >/dev/null
 WHEEL="$(ls "$WORK"/dist/greenmim-*.whl)"
 echo "[package] built $(basename "$WHEEL")"
