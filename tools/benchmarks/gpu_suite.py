@@ -11,7 +11,8 @@ Measured, each case with dense and green steps alternated in one process (median
   * whole pretraining step (forward, loss, backward, fused AdamW, zero_grad) of GreenMIM vs SimMIM,
     Swin-B 224 / mask 0.75, shared and per-sample masks, in each execution mode: eager,
     torch.compile (dynamic=False) and CUDA graphs (forward + loss + backward replayed);
-  * Twins-SVT-B (eager, PyTorch sparse-conv backend);
+  * Twins-SVT-B (static shapes, plans made ahead, PyTorch sparse-conv backend), eager and captured;
+  * Swin-L, window 14, captured;
   * the attention kernel: SDPA (memory-efficient, bias gradient) vs batched matmuls, and whether
     SDPA's bias gradient equals the matmul path's (a GPU test);
   * captured == eager: loss and gradients of the compiled and graphed steps against eager;
@@ -33,6 +34,7 @@ from typing import Dict, List
 
 import torch
 from gpu_suite_report import write_report
+from memory import first_steps_peak_mb
 
 import greenmim
 from greenmim.data.masking import MaskGenerator
@@ -62,11 +64,12 @@ def parse_args(argv=None):
 
 def setting(args) -> dict:
     if args.tiny:
-        return dict(arch="swin_tiny", img=64, batch=4, enc=dict(embed_dim=16, depths=(1, 1, 2, 1),
-                    num_heads=(1, 2, 2, 4), window_size=2), dec=dict(decoder_dim=32, decoder_num_heads=2),
-                    twins=dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)))
+        enc = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), window_size=2)
+        return dict(arch="swin_tiny", img=64, batch=4, enc=enc, dec=dict(decoder_dim=32, decoder_num_heads=2),
+                    twins=dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)),
+                    arch_large="swin_tiny", enc_large=dict(enc, window_size=4))
     return dict(arch="swin_base", img=224, batch=args.batch_size, enc=dict(window_size=7), dec={},
-                twins={})
+                twins={}, arch_large="swin_large", enc_large=dict(window_size=14))
 
 
 def sync(device):
@@ -79,21 +82,20 @@ class Case:
 
     def __init__(self, kind: str, arch: str, s: dict, device, per_sample: bool, mode: str, **enc_kw):
         torch.manual_seed(0)
-        static = kind == "green" and arch.startswith("swin")
-        enc = greenmim.build_encoder(arch, img_size=s["img"], **enc_kw, **({"static_shapes": True} if static else {}))
+        static = {"static_shapes": True} if kind == "green" else {}
+        enc = greenmim.build_encoder(arch, img_size=s["img"], **enc_kw, **static)
         self.model = (GreenMIM(enc, img_size=s["img"], **s["dec"]) if kind == "green" else SimMIM(enc)).to(device)
         self.opt = build_optimizer(self.model, lr=1e-4)
         self.device, self.mode = device, mode
         self.amp = torch.bfloat16 if device.type == "cuda" else None
         self.images = torch.randn(s["batch"], 3, s["img"], s["img"], device=device)
         gen = MaskGenerator(s["img"], 0.75, shared=not per_sample, seed=1)
-        planner = enc.planner() if kind == "green" and hasattr(enc, "planner") else None
+        planner = enc.planner() if kind == "green" else None
         self.pool, self.plan_s = [], []
         for _ in range(4):  # as the loader's workers make them: masks and plans on the host
             mask = gen.draw(s["batch"])  # a UnitMask: checked once, here, as in the loader's workers
             t0 = time.perf_counter()
-            # Twins plans its sparse convolutions in the step; the dense model needs no plan.
-            plans = planner(mask.plan_mask) if planner is not None else None
+            plans = planner(mask.plan_mask) if planner is not None else None  # dense: none needed
             self.plan_s.append(time.perf_counter() - t0)
             if plans is not None and plans.get("static_fallback"):
                 continue
@@ -130,16 +132,14 @@ def interleave(cases: Dict[str, Case], iters: int, warmup: int) -> Dict[str, dic
     times = {k: [] for k in cases}
     peak = {}
     for k, c in cases.items():  # warm-up (compilation, graph recording) outside the timing
-        for _ in range(warmup):
-            c.step()
+        def warm(c=c):
+            for _ in range(warmup):
+                c.step()
+        if c.device.type == "cuda":  # from before the first step: a captured step allocates there
+            peak[k] = first_steps_peak_mb(warm, c.opt, c.device)
+        else:
+            warm()
         sync(c.device)
-    for k, c in cases.items():
-        if c.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(c.device)
-            base = torch.cuda.memory_allocated(c.device)
-            c.step()
-            sync(c.device)
-            peak[k] = (torch.cuda.max_memory_allocated(c.device) - base) / 2 ** 20
     for _ in range(iters):
         for k, c in cases.items():
             sync(c.device)
@@ -148,6 +148,21 @@ def interleave(cases: Dict[str, Case], iters: int, warmup: int) -> Dict[str, dic
             sync(c.device)
             times[k].append(time.perf_counter() - t0)
     return {k: {"s_per_step": statistics.median(v), "peak_mb": peak.get(k)} for k, v in times.items()}
+
+
+def profile_table(case: Case, steps: int = 3, rows: int = 20) -> str:
+    """torch.profiler over `steps` whole steps: the top ops / kernels by self device time (self CPU
+    time on a CPU), so every run shows where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = case.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(case.device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            case.step()
+        sync(case.device)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
 
 
 def equal_to_eager(case: Case, ref: Case) -> dict:
@@ -189,16 +204,26 @@ def main(argv=None) -> int:
     s["compile_backend"] = args.compile_backend or ("aot_eager" if device.type == "cpu" else None)
     start = time.perf_counter()
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-                     "torch": torch.__version__, "setting": {k: v for k, v in s.items() if k != "twins"},
+                     "torch": torch.__version__, "setting": {k: v for k, v in s.items() if k not in ("twins", "enc_large")},
                      "cases": [], "checks": {}, "skipped": [], "errors": []}
-    modes = ["eager", "cuda_graphs", "compiled"] if device.type == "cuda" else ["eager", "compiled"]
-    plan: List[tuple] = []
-    for mode in modes:
-        plan.append((f"swin {mode} shared", s["arch"], mode, False, s["enc"]))
-    plan.append(("swin eager per-sample", s["arch"], "eager", True, s["enc"]))
-    plan.append(("swin cuda_graphs per-sample" if device.type == "cuda" else "swin compiled per-sample",
-                 s["arch"], "cuda_graphs" if device.type == "cuda" else "compiled", True, s["enc"]))
-    plan.append(("twins eager shared", "twins_svt_base", "eager", False, {**s["twins"], "conv_backend": "torch"}))
+    captured = "cuda_graphs" if device.type == "cuda" else "compiled"
+    twins = ("twins_svt_base", {**s["twins"], "conv_backend": "torch"})
+    # Priority order: what the README's table needs first, the rest while the budget lasts.
+    plan: List[tuple] = [
+        (f"swin {captured} shared", s["arch"], captured, False, s["enc"]),
+        ("swin eager shared", s["arch"], "eager", False, s["enc"]),
+        (f"swin {captured} per-sample", s["arch"], captured, True, s["enc"]),
+        ("swin eager per-sample", s["arch"], "eager", True, s["enc"]),
+        (f"twins {captured} shared", *twins[:1], captured, False, twins[1]),
+        ("twins eager shared", *twins[:1], "eager", False, twins[1]),
+        (f"twins {captured} per-sample", *twins[:1], captured, True, twins[1]),
+    ]
+    if device.type == "cuda":
+        plan += [("swin compiled shared", s["arch"], "compiled", False, s["enc"]),
+                 ("swin compiled per-sample", s["arch"], "compiled", True, s["enc"])]
+    plan.append((f"swin-L w14 {captured} shared", s["arch_large"], captured, False, s["enc_large"]))
+
+    profiles: List[str] = []
 
     def over_budget():
         return time.perf_counter() - start > args.budget_s
@@ -227,6 +252,10 @@ def main(argv=None) -> int:
                 del ref
             if mode == "cuda_graphs":
                 row["graphs_recorded"] = len(cases["green"].graphed.graphs)
+            if not over_budget():
+                profiles.append(f"## {name}: green\n\n```\n{profile_table(cases['green'])}\n```\n")
+                if mode == "eager":
+                    profiles.append(f"## {name}: dense\n\n```\n{profile_table(cases['dense'])}\n```\n")
             row["wall_s"] = time.perf_counter() - t0
             results["cases"].append(row)
             print(json.dumps(row), flush=True)
@@ -257,6 +286,8 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
         json.dump(results, f, indent=2)
     write_report(results, os.path.join(args.out, "gpu_results.md"))
+    with open(os.path.join(args.out, "gpu_profiles.md"), "w") as f:  # one file: $OUT returns 8 at most
+        f.write(f"# Top ops per step case ({results['device']}, 3 steps each)\n\n" + "\n".join(profiles))
     print(f"wrote {args.out}/gpu_results.json and gpu_results.md in {results['wall_s']:.0f} s", flush=True)
     return 1 if results["errors"] else 0
 

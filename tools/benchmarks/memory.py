@@ -5,6 +5,11 @@ the baseline; the second is measured. CUDA: max_memory_allocated minus memory_al
 the step. CPU: peak RSS minus RSS before the step, in a process of its own (run_in_subprocess),
 with glibc told to mmap large blocks and to return the warm-up's freed memory, so reused heap
 does not make a step look free.
+
+A captured step (CUDA graphs, torch.compile's reduce-overhead) allocates its memory once, while it
+is recorded, and never again: measured after a warm-up it looks free. `first_steps_peak_mb`
+measures every mode from before its first step instead, and subtracts the optimiser state those
+steps create, so an eager and a captured step of the same model give the same figure.
 """
 from __future__ import annotations
 
@@ -55,6 +60,26 @@ def step_peak_mb(run_step: Callable[[], None], device: torch.device) -> float:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # never goes down: an upper bound
     run_step()
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - base
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimiser's per-parameter state tensors (AdamW's moments, step counters)."""
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values()
+               for t in state.values() if isinstance(t, torch.Tensor))
+
+
+def first_steps_peak_mb(run_steps: Callable[[], None], optimizer: torch.optim.Optimizer,
+                        device: torch.device, stats=torch.cuda) -> float:
+    """MB that training steps need on top of the resident model, measured over the first steps
+    of a mode (warm-up, compilation and graph capture included): peak allocated minus what was
+    allocated before them, minus the optimiser state they created. `stats`: torch.cuda, or an
+    object with its memory-statistics functions (tests)."""
+    stats.synchronize(device)
+    stats.reset_peak_memory_stats(device)
+    base = stats.memory_allocated(device)
+    run_steps()
+    stats.synchronize(device)
+    return (stats.max_memory_allocated(device) - base - optimizer_state_bytes(optimizer)) / 2**20
 
 
 def run_in_subprocess(cmd: List[str]) -> float:

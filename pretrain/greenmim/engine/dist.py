@@ -1,4 +1,5 @@
-"""Process-group set-up from the torchrun / Slurm environment: gloo on CPU, nccl on GPU."""
+"""Process-group set-up from the torchrun / Slurm environment: gloo on CPU, nccl on GPU (gloo when
+more processes than GPUs run on a node, e.g. two processes sharing one GPU for a test)."""
 from __future__ import annotations
 
 import datetime
@@ -51,17 +52,25 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800) -> DistInfo:
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
+    backend = "gloo"
     if use_cuda:
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
+        gpus = torch.cuda.device_count()
+        dev = torch.device("cuda", local % gpus)
+        torch.cuda.set_device(dev)
+        backend = backend_for(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), gpus)
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://",
-                                rank=rank, world_size=world,
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=float(timeout_s)),
-                                device_id=dev if use_cuda else None)
+                                device_id=dev if backend == "nccl" else None)
     return DistInfo(rank, world, local, dev)
+
+
+def backend_for(local_processes: int, gpus: int) -> str:
+    """nccl when every process of the node has a GPU of its own; gloo when processes share GPUs
+    (nccl refuses two ranks on one device; gloo reduces CUDA tensors through the host)."""
+    return "nccl" if local_processes <= gpus else "gloo"
 
 
 def is_initialized() -> bool:

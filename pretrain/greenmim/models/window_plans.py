@@ -18,6 +18,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .group_bias import group_bias
 from .tensor_tree import map_tensors
 from .grouping import Grouping, pack_min_groups, plan_grouping
 
@@ -291,7 +292,7 @@ class GroupPlan:
         mask = self.attn_mask.transpose(0, 1)                                   # [1, G, g, g]
         if tables is None:
             return mask.unsqueeze(0)
-        return tables[:, self.rel_index].permute(0, 4, 1, 2, 3) + mask
+        return group_bias(tables, self.slot_code, self.window) + mask
 
     def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
         """qkv [B, N, 3C] or [B*N, 3C] -> attention output of the same layout. table: the bias table [(2w-1)^2, heads],

@@ -1,0 +1,71 @@
+"""Swin's relative position bias gathered for window groups, with a backward made of matmuls.
+
+The bias of a group plan is `tables[:, rel_index]`: for every slot pair of every group, a row of a
+(2w-1)^2-row table. Its gradient sums millions of pair gradients onto those few rows (per-sample
+masks at batch 128: ~2,000 groups x 49 x 49 pairs per table). Autograd's backward of advanced
+indexing does that with an accumulating index_put, which on CUDA sorts the indices and
+serialises the duplicates: 13 ms a call on an H200, 69% of a per-sample Swin-B step's GPU time.
+
+The pair's row is a difference of the two slots' position codes, rel = code_q - code_k + (U - 1)
+(window_plans.window_occupancy), with codes in [0, U), U = 2w(w-1) + 1. So the gradient per row
+is a sum over code pairs, and the sum over code pairs is two dense products with the one-hot
+matrix E [G*g, U] of the slots' codes:
+
+    dT[k, h] = E^T (dB[k, h] E)        ([U, U] per block k and head h, summed over every group)
+    dtables[k, r, h] = sum over (u, v) with u - v + U - 1 = r of dT[k, h, u, v]
+
+Both products are GEMMs (deterministic, no atomics on a few addresses), run in float32 whatever
+the autocast dtype, and the last sum is an index_add of U^2 entries, independent of the batch.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def num_codes(window: int) -> int:
+    """Distinct position codes r * (2w-1) + c of a w x w window (r, c in [0, w))."""
+    return 2 * window * (window - 1) + 1
+
+
+@functools.lru_cache(maxsize=16)
+def _offset_rows(window: int, device: torch.device) -> torch.Tensor:
+    """[U*U] table row of each (query code, key code) pair: u - v + U - 1."""
+    u = torch.arange(num_codes(window), device=device)
+    return (u[:, None] - u[None, :] + num_codes(window) - 1).flatten()
+
+
+def group_bias(tables: torch.Tensor, slot_code: torch.Tensor, window: int) -> torch.Tensor:
+    """tables [K, (2w-1)^2, heads] (K blocks sharing a plan), slot_code long [G, g] ->
+    pair bias [K, heads, G, g, g] (cross-window and padding pairs get some row; they are masked)."""
+    return _GroupBias.apply(tables, slot_code, window)
+
+
+class _GroupBias(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, tables, slot_code, window):
+        ctx.save_for_backward(slot_code)
+        ctx.window, ctx.table_dtype = window, tables.dtype
+        rel = slot_code[:, :, None] - slot_code[:, None, :] + (num_codes(window) - 1)   # [G, g, g]
+        return tables[:, rel].permute(0, 4, 1, 2, 3)                                   # [K, h, G, g, g]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (code,) = ctx.saved_tensors
+        k, heads, groups, g, _ = grad.shape
+        u = num_codes(ctx.window)
+        work = torch.float64 if grad.dtype == torch.float64 else torch.float32
+        with torch.autocast(grad.device.type, enabled=False):
+            # A comparison, not F.one_hot, which reads the codes' range on the host (a sync).
+            onehot = (code[..., None] == torch.arange(u, device=code.device)).to(work)   # [G, g, U]
+            by_group = grad.to(work).permute(2, 0, 1, 3, 4).reshape(groups, k * heads * g, g)
+            per_key = torch.bmm(by_group, onehot)                                     # [G, Kh*g, U]
+            per_key = per_key.view(groups, k * heads, g, u).transpose(1, 2).reshape(groups * g, k * heads * u)
+            per_pair = onehot.view(groups * g, u).t() @ per_key                        # [U, Kh*U]
+            per_pair = per_pair.view(u, k * heads, u).transpose(0, 1).reshape(k * heads, u * u)
+            rows = (2 * ctx.window - 1) ** 2
+            grad_tables = per_pair.new_zeros(k * heads, rows).index_add_(
+                1, _offset_rows(ctx.window, grad.device), per_pair)
+        return grad_tables.view(k, heads, rows).transpose(1, 2).to(ctx.table_dtype), None, None
