@@ -118,3 +118,15 @@ def test_one_home_below_the_engine():
     assert mask_collate.mask_seed is seeds.mask_seed and train.step_seed is seeds.step_seed
     with pytest.raises(TypeError, match="takes 2 keys"):
         seeds.seed_of(seeds.SAMPLE, 0, 1)
+
+
+def test_seeding_a_sample_leaves_the_cuda_generators_alone(monkeypatch):
+    """A main process that reads an item mid-run (figures, device-path replacements) must not
+    reseed the generators the training step draws from on the GPU."""
+    def no(*_):
+        raise AssertionError("a sample's seed reached the CUDA generators")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", no)
+    monkeypatch.setattr(torch.cuda, "manual_seed", no)
+    x = SeededDataset(_Images(build_pretrain_transform(64)), seed=3)[(0, 0)]
+    assert float(x.sum()) == pytest.approx(8626.4482, rel=1e-5)

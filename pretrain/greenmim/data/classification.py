@@ -115,7 +115,7 @@ class SeededLabelledDataset(SeededDataset):
             random.seed(s)
             np.random.seed(s % (2 ** 32))
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(s)
+                torch.default_generator.manual_seed(s)  # not the CUDA generators
                 return self.dataset[index]
         finally:
             random.setstate(py_state)

@@ -78,6 +78,8 @@ class SeededDataset(Dataset):
     def __getitem__(self, key: Tuple[int, int]):
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            # the CPU generator only: torch.manual_seed would also reseed the CUDA generators of
+            # a main process that reads items (figures, device-path replacements) mid-run
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             item = self.dataset[index]
         return item[0] if isinstance(item, (tuple, list)) else item
