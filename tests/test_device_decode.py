@@ -292,13 +292,9 @@ def test_pretraining_runs_on_the_device_path_and_says_so_first(folder, tmp_path,
 
 
 def test_loader_benchmark_gpu_mode_on_the_cpu(folder, tmp_path):
-    import importlib.util
     import os
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(root, "tools", "benchmarks", "loader.py")
-    spec = importlib.util.spec_from_file_location("bench_loader", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from conftest import load_tool
+    bench = load_tool("benchmarks/loader")
     r = bench.loader_images_per_s(SIZE, 4, 0, batches=2, data=str(folder), skip=1, decode="gpu", prefetch=1)
     assert r["decode"] == "gpu" and r["img_per_s"] > 0 and r["decode_ms_timer"] == "wall"
     assert r["decode_ms_per_batch"] > 0 and r["max_mean_abs_diff_vs_cpu_decode"] == 0.0
