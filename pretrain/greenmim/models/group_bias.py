@@ -19,6 +19,7 @@ the autocast dtype, and the last sum is an index_add of U^2 entries, independent
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -57,7 +58,10 @@ class _GroupBias(torch.autograd.Function):
         k, heads, groups, g, _ = grad.shape
         u = num_codes(ctx.window)
         work = torch.float64 if grad.dtype == torch.float64 else torch.float32
-        with torch.autocast(grad.device.type, enabled=False):
+        kind = grad.device.type
+        no_autocast = (torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind)
+                       else contextlib.nullcontext())
+        with no_autocast:
             # A comparison, not F.one_hot, which reads the codes' range on the host (a sync).
             onehot = (code[..., None] == torch.arange(u, device=code.device)).to(work)   # [G, g, U]
             by_group = grad.to(work).permute(2, 0, 1, 3, 4).reshape(groups, k * heads * g, g)
