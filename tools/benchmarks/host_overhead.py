@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""What an eager GPU step costs the host, measured on a CPU: the ops it dispatches (each a kernel
+launch on a GPU) and the planning it needs (done in the loader's workers, or in the step).
+
+The step (forward, loss, backward) runs on PyTorch's `meta` device, which computes shapes only,
+so the aten ops counted there are exactly the ones a GPU step launches, for the real batch and
+size, in seconds. Planning is timed on one host thread for fresh masks.
+
+    python tools/benchmarks/host_overhead.py                       # Swin-B and Twins-SVT-B, 224 px, batch 128
+    python tools/benchmarks/host_overhead.py --json out.json
+
+(Wall time on `meta` is not a proxy of a GPU step's host time: many meta kernels are Python.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import greenmim
+from greenmim.data.masking import MaskGenerator
+from greenmim.models.mim import GreenMIM
+from greenmim.models.simmim import SimMIM
+from greenmim.models.tensor_tree import plans_to
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops that reach a backend (views included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def measure(arch: str, kind: str, shared: bool, batch: int, img: int, iters: int, planned_ahead: bool) -> dict:
+    torch.manual_seed(0)
+    enc = greenmim.build_encoder(arch, img_size=img, **({"static_shapes": True} if kind == "green" else {}))
+    model = GreenMIM(enc, img_size=img) if kind == "green" else SimMIM(enc)
+    meta = torch.device("meta")
+    model = model.to(meta)
+    gen = MaskGenerator(img, 0.75, shared=shared, seed=0)
+    images = torch.empty(batch, 3, img, img, device=meta)
+    masks = [gen.draw(batch) for _ in range(iters + 1)]
+    planner = enc.planner() if kind == "green" else None
+    plans = [plans_to(planner(m.plan_mask), meta) if planner and planned_ahead else None for m in masks]
+
+    def step(i):
+        mask, p = masks[i], plans[i]
+        if p is not None or kind == "simmim":
+            mask = mask.to(meta)
+        out = model(images, mask) if p is None else model(images, mask, p)
+        out["loss"].backward()
+        model.zero_grad(set_to_none=True)
+
+    step(0)  # warm-up: caches, static-shape tables
+    counter = OpCounter()
+    with counter:
+        step(1)
+    plan_ms = []
+    for m in masks[1:]:
+        t0 = time.perf_counter()
+        if planner is not None:
+            planner(m.plan_mask)
+        plan_ms.append(1000 * (time.perf_counter() - t0))
+    return {"arch": arch, "model": kind, "masks": "shared" if shared else "per-sample",
+            "plans": "ahead" if planned_ahead or kind == "simmim" else "in the step",
+            "ops_per_step": counter.ops, "plan_ms_per_step": statistics.median(plan_ms)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archs", default="swin_base,twins_svt_base")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    for arch in args.archs.split(","):
+        cases = [("simmim", True, True), ("green", True, True), ("green", False, True)]
+        for kind, shared, ahead in cases:
+            row = measure(arch, kind, shared, args.batch_size, args.img_size, args.iters, ahead)
+            rows.append(row)
+            print(f"{row['arch']:15s} {row['model']:7s} {row['masks']:10s} plans {row['plans']:12s} "
+                  f"{row['ops_per_step']:6d} ops/step  planning {row['plan_ms_per_step']:7.1f} ms/step", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
