@@ -1,5 +1,6 @@
-"""The group plans' relative position bias: the matmul backward equals autograd's backward of the
-plain gather (float64), for several blocks sharing a plan and real per-sample plans."""
+"""The group plans' relative position bias: both backwards (matmul on GPUs, per-pair accumulation
+on CPUs) equal autograd's backward of the plain gather (float64), for several blocks sharing a
+plan and real per-sample plans."""
 import pytest
 import torch
 
@@ -13,14 +14,15 @@ def plain_gather(tables, plan):
     return tables[:, plan.rel_index].permute(0, 4, 1, 2, 3)
 
 
+@pytest.mark.parametrize("backward", ["matmul", "index"])
 @pytest.mark.parametrize("window,shift,shared", [(7, 3, False), (7, 0, True), (4, 2, False), (14, 7, True)])
-def test_matmul_backward_equals_the_gather_backward(window, shift, shared):
+def test_backwards_equal_the_gather_backward(window, shift, shared, backward):
     mask = MaskGenerator(224, 0.75, shared=shared, seed=window + shift)(6)
     lay = stage_layouts(mask[:1] if shared else mask, 1, 8)[0]
     plan = GroupPlan.build(lay.rows, lay.cols, lay.height, lay.width, window, shift)
     torch.manual_seed(0)
     tables = torch.randn(3, (2 * window - 1) ** 2, 4, dtype=torch.float64, requires_grad=True)
-    out = group_bias(tables, plan.slot_code, window)
+    out = group_bias(tables, plan.slot_code, window, backward)
     ref = plain_gather(tables, plan)
     assert torch.equal(out, ref)
     weight = torch.randn_like(ref)
@@ -29,7 +31,8 @@ def test_matmul_backward_equals_the_gather_backward(window, shift, shared):
     torch.testing.assert_close(grad, grad_ref, rtol=1e-12, atol=1e-11)
 
 
-def test_gradient_stays_in_the_table_dtype_under_autocast():
+@pytest.mark.parametrize("backward", ["matmul", "index"])
+def test_gradient_stays_in_the_table_dtype_under_autocast(backward):
     """Under bf16 autocast the reductions run in float32 and the table gets a float32 gradient."""
     mask = MaskGenerator(224, 0.75, shared=False, seed=1)(4)
     lay = stage_layouts(mask, 1, 8)[0]
@@ -37,7 +40,7 @@ def test_gradient_stays_in_the_table_dtype_under_autocast():
     tables = torch.randn(1, 169, 2, requires_grad=True)
     weight = torch.randn(1, 2, plan.num_groups, plan.capacity, plan.capacity)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bias = group_bias(tables, plan.slot_code, 7).to(torch.bfloat16)
+        bias = group_bias(tables, plan.slot_code, 7, backward).to(torch.bfloat16)
         loss = (bias.float() * weight).sum()
     grad, = torch.autograd.grad(loss, tables)
     grad_ref, = torch.autograd.grad((plain_gather(tables, plan).to(torch.bfloat16).float() * weight).sum(), tables)

@@ -16,6 +16,9 @@ matrix E [G*g, U] of the slots' codes:
 
 Both products are GEMMs (deterministic, no atomics on a few addresses), run in float32 whatever
 the autocast dtype, and the last sum is an index_add of U^2 entries, independent of the batch.
+That is the backward on GPUs. On a CPU the accumulation is not serialised and costs less than
+the products' FLOPs (per-sample masks at batch 128, Swin-B stage 1: 132 vs 286 ms,
+tools/benchmarks/bias_grad.py), so there the backward accumulates per pair ("index").
 """
 from __future__ import annotations
 
@@ -37,18 +40,25 @@ def _offset_rows(window: int, device: torch.device) -> torch.Tensor:
     return (u[:, None] - u[None, :] + num_codes(window) - 1).flatten()
 
 
-def group_bias(tables: torch.Tensor, slot_code: torch.Tensor, window: int) -> torch.Tensor:
+BACKWARDS = ("auto", "matmul", "index")
+
+
+def group_bias(tables: torch.Tensor, slot_code: torch.Tensor, window: int, backward: str = "auto") -> torch.Tensor:
     """tables [K, (2w-1)^2, heads] (K blocks sharing a plan), slot_code long [G, g] ->
-    pair bias [K, heads, G, g, g] (cross-window and padding pairs get some row; they are masked)."""
-    return _GroupBias.apply(tables, slot_code, window)
+    pair bias [K, heads, G, g, g] (cross-window and padding pairs get some row; they are masked).
+    backward: "matmul", "index" or "auto" (matmul except on a CPU; see the module docstring)."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"group bias backward {backward!r} is not one of {BACKWARDS}")
+    return _GroupBias.apply(tables, slot_code, window, backward)
 
 
 class _GroupBias(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, tables, slot_code, window):
+    def forward(ctx, tables, slot_code, window, backward):
         ctx.save_for_backward(slot_code)
         ctx.window, ctx.table_dtype = window, tables.dtype
+        ctx.matmul = backward == "matmul" or (backward == "auto" and tables.device.type != "cpu")
         rel = slot_code[:, :, None] - slot_code[:, None, :] + (num_codes(window) - 1)   # [G, g, g]
         return tables[:, rel].permute(0, 4, 1, 2, 3)                                   # [K, h, G, g, g]
 
@@ -57,6 +67,12 @@ class _GroupBias(torch.autograd.Function):
         (code,) = ctx.saved_tensors
         k, heads, groups, g, _ = grad.shape
         u = num_codes(ctx.window)
+        rows = (2 * ctx.window - 1) ** 2
+        if not ctx.matmul:  # what autograd's indexing backward does: accumulate every pair
+            rel = code[:, :, None] - code[:, None, :] + (u - 1)
+            per_row = grad.permute(0, 2, 3, 4, 1).reshape(k, -1, heads)
+            grad_tables = grad.new_zeros(k, rows, heads).index_add_(1, rel.flatten(), per_row)
+            return grad_tables.to(ctx.table_dtype), None, None, None
         work = torch.float64 if grad.dtype == torch.float64 else torch.float32
         kind = grad.device.type
         no_autocast = (torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind)
@@ -69,7 +85,6 @@ class _GroupBias(torch.autograd.Function):
             per_key = per_key.view(groups, k * heads, g, u).transpose(1, 2).reshape(groups * g, k * heads * u)
             per_pair = onehot.view(groups * g, u).t() @ per_key                        # [U, Kh*U]
             per_pair = per_pair.view(u, k * heads, u).transpose(0, 1).reshape(k * heads, u * u)
-            rows = (2 * ctx.window - 1) ** 2
             grad_tables = per_pair.new_zeros(k * heads, rows).index_add_(
                 1, _offset_rows(ctx.window, grad.device), per_pair)
-        return grad_tables.view(k, heads, rows).transpose(1, 2).to(ctx.table_dtype), None, None
+        return grad_tables.view(k, heads, rows).transpose(1, 2).to(ctx.table_dtype), None, None, None
