@@ -43,7 +43,8 @@ class DatasetError(ValueError):
     """A dataset that cannot be used; the message is one line."""
 
 
-def _one_line(text: str) -> str:
+def single_line(text: str) -> str:
+    """text with every run of whitespace (newlines included) as one space: a message of one line."""
     return " ".join(str(text).split())
 
 
@@ -69,7 +70,7 @@ def check_coco_json(json_file: str, name: str = "") -> None:
         with open(json_file, "r", encoding="utf-8") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{label}malformed COCO json {json_file}: {_one_line(e)}") from None
+        raise DatasetError(f"{label}malformed COCO json {json_file}: {single_line(e)}") from None
     if not isinstance(data, dict):
         raise DatasetError(
             f"{label}malformed COCO json {json_file}: top level is a {type(data).__name__}, "
@@ -176,7 +177,7 @@ def get_coco_dataset_dicts(
     except (json.JSONDecodeError, KeyError, TypeError, AssertionError, FileNotFoundError) as e:
         files = [getattr(MetadataCatalog.get(n), "json_file", n) for n in name_list]
         raise DatasetError(
-            f"cannot load dataset {name_list} from {files}: {type(e).__name__}: {_one_line(e)}"
+            f"cannot load dataset {name_list} from {files}: {type(e).__name__}: {single_line(e)}"
         ) from None
     dicts = _drop_absent_images(dicts, name_list)
     dicts = _drop_empty_boxes(dicts, name_list, filter_empty)

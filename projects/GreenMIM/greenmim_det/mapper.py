@@ -16,7 +16,7 @@ import torch
 
 from detectron2.data import DatasetMapper
 
-from .data import DatasetError, _one_line
+from .data import DatasetError, single_line
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class GreenDatasetMapper(DatasetMapper):
             image = read_image_any(path, self.image_format)
             utils.check_image_size(dataset_dict, image)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, utils.SizeMismatchError) as e:
-            why = f"{type(e).__name__}: {_one_line(e)}"
+            why = f"{type(e).__name__}: {single_line(e)}"
             if self.strict or not self.is_train:
                 raise DatasetError(f"cannot use image {path} ({why}); fix the file or remove it from the json") from None
             self.skipped += 1
