@@ -16,7 +16,8 @@ Measured, each case with dense and green steps alternated in one process (median
   * the attention kernel: SDPA (memory-efficient, bias gradient) vs batched matmuls, and whether
     SDPA's bias gradient equals the matmul path's (a GPU test);
   * captured == eager: loss and gradients of the compiled and graphed steps against eager;
-  * host planning time per step (what each DataLoader worker core spends) and the loader's img/s.
+  * host planning time per step (what each DataLoader worker core spends);
+  * the loader per decoding path and pretraining end to end from JPEG files (gpu_data_rows.py).
 The masks' plans are made ahead on the host, as the training loader's workers make them, so the
 timed step is what the GPU runs. Needs torch, timm, numpy, pyyaml (no detectron2, no fvcore).
 Cases run in priority order and are skipped (and listed) once --budget-s is spent.
@@ -33,6 +34,7 @@ import time
 from typing import Dict, List
 
 import torch
+from gpu_data_rows import end_to_end, loader_rows
 from gpu_suite_report import write_report
 from memory import first_steps_peak_mb
 
@@ -49,6 +51,8 @@ from greenmim.models.swin import plans_to
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_suite_out"))
+    p.add_argument("--work", default=os.environ.get("GPU_SUITE_WORK", "/tmp/greenmim_gpu_suite"),
+                   help="scratch folder (JPEGs, the end-to-end run's output)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="a small Swin at 64 px, batch 4 (CPU check)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -271,17 +275,27 @@ def main(argv=None) -> int:
             results["checks"]["sdpa_bias_grad"] = sdpa_bias_grad_check(device)
         except Exception as e:  # noqa: BLE001
             results["errors"].append(f"sdpa check: {type(e).__name__}: {e}")
+    workers = max(1, min(8, (os.cpu_count() or 2) - 1))
     if not over_budget():
         try:
-            from loader import loader_images_per_s
-            workers = max(1, min(8, (os.cpu_count() or 2) - 1))
-            r = loader_images_per_s(s["img"], 64 if not args.tiny else 4, workers, batches=8 if not args.tiny else 2,
-                                    num_images=256 if not args.tiny else 16)
-            results["loader"] = {**r, "img_per_s_per_core": r["img_per_s"] / workers}
+            results["loader"] = loader_rows(s["img"], s["batch"], workers, str(device), s["arch"], args.tiny)
         except Exception as e:  # noqa: BLE001
             results["errors"].append(f"loader: {type(e).__name__}: {e}")
     else:
         results["skipped"].append("loader")
+    if not over_budget():
+        try:
+            e2e = end_to_end(s["batch"], workers, str(device), 4 if args.tiny else 250,
+                             os.path.join(args.work, "end_to_end"), args.tiny)
+            step = next((c for c in results["cases"] if c["case"] == f"swin {'cuda_graphs' if device.type == 'cuda' else 'compiled'} shared"), None)
+            if step:
+                e2e["step_img_per_s"] = step["green_img_per_s"]
+                e2e["fraction_of_step"] = e2e["img_per_s"] / step["green_img_per_s"]
+            results["end_to_end"] = e2e
+        except Exception as e:  # noqa: BLE001
+            results["errors"].append(f"end to end: {type(e).__name__}: {e}")
+    else:
+        results["skipped"].append("end to end")
     results["wall_s"] = time.perf_counter() - start
     with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -29,10 +29,19 @@ def write_report(results: dict, path: str) -> None:
                      f"{_f(r.get('mem_reduction'))} | {_f(r.get('plan_ms_per_step'), '{:.1f}')} | {_f(eq, '{:.1e}')} |")
     if results.get("checks"):
         lines += ["", "Checks: " + json.dumps(results["checks"])]
-    if results.get("loader"):
-        ld = results["loader"]
-        lines += ["", f"Loader (JPEG folder, {ld['workers']} workers, {s['img']} px): {ld['img_per_s']:.0f} img/s, "
-                      f"{ld['img_per_s_per_core']:.0f} img/s per worker core."]
+    for ld in results.get("loader") or []:
+        dec = ld.get("decode_ms_per_batch")
+        lines += ["", f"Loader, data.decode={ld['decode']} (ImageNet-like JPEGs, {ld['workers']} workers, batch "
+                      f"{ld['batch']}, masks planned in the workers): {ld['img_per_s']:.0f} img/s, "
+                      f"{ld.get('cores_used', float('nan')):.1f} cores busy"
+                      + (f", {dec:.1f} device ms per batch decoding" if dec is not None else "") + "."]
+    e2e = results.get("end_to_end")
+    if e2e:
+        frac = e2e.get("fraction_of_step")
+        lines += ["", f"End to end (pretrain/main_pretrain.py from JPEG files, data.decode=auto, batch {e2e['batch']}, "
+                      f"{e2e['workers']} workers of {e2e['cpu_cores']} cores): {e2e['img_per_s']:.0f} img/s"
+                      + (f" = {100 * frac:.0f}% of the step on device-resident images ({e2e['step_img_per_s']:.0f})"
+                         if frac else "") + f". First log line: `{e2e['first_log_line']}`"]
     if results.get("skipped"):
         lines += ["", "Skipped (time budget): " + ", ".join(results["skipped"])]
     if results.get("errors"):

@@ -15,7 +15,7 @@ from ..config import UserError
 from ..data.masking import MaskGenerator, UnitMask
 from ..data.seeds import step_seed  # noqa: F401 (finetune_epoch imports it from here)
 from . import dist as gdist
-from . import faults
+from .. import faults
 from .logger import TrainLogger
 from .checkpoint import unwrap
 from .optim import set_lr
