@@ -101,14 +101,16 @@ def _run(cfg: Dict[str, Any], info: gdist.DistInfo) -> Dict[str, Any]:
                              seed=cfg["seed"])
     state = TrainState()
 
+    # A checkpoint that cannot be resumed is refused before anything is logged: one line in all.
+    resume_from = resume_path(cfg)
+    c = ckpt.load(resume_from) if resume_from else None  # weights_only: refuses pickled code
+    if c is not None:
+        check_resumable(c, resume_from, cfg)
     logger = TrainLogger(out_dir, enabled=info.is_main, tensorboard=cfg["log"]["tensorboard"],
                          progress_bar=cfg["log"]["progress_bar"])
     logger.info(dataset.decode_plan.note)  # first line: which decoding path feeds the step
     try:
-        resume_from = resume_path(cfg)
-        if resume_from:
-            c = ckpt.load(resume_from)  # weights_only: refuses pickled code, one-line errors
-            check_resumable(c, resume_from, cfg)
+        if c is not None:
             try:
                 model.load_state_dict(c["model"])
                 optimizer.load_state_dict(c["optimizer"])
