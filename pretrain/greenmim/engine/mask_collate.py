@@ -74,10 +74,6 @@ class MaskCollator:
 
 
 def collator_for(model: torch.nn.Module, img_size, ratio: float, shared: bool, seed: int) -> MaskCollator:
-    """The MaskCollator of a model: with the picklable planner of a green model's encoder; without
-    one for dense models and for encoders that plan in their forward (Twins plans its sparse
-    convolutions there)."""
-    from ..models.mim import GreenMIM
-    green = isinstance(model, GreenMIM)
-    planner = model.encoder.planner() if green and hasattr(model.encoder, "planner") else None
-    return MaskCollator(img_size, ratio, shared, seed, planner)
+    """The MaskCollator of a pretraining model, with the planner the model asks for (`model.planner()`:
+    the green encoder's picklable planner, None for the dense baseline)."""
+    return MaskCollator(img_size, ratio, shared, seed, model.planner())

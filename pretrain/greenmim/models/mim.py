@@ -87,6 +87,11 @@ class GreenMIM(nn.Module):
 
     host_mask = True  # forward plans the sparse layout from the mask on the host unless plans come with it
 
+    def planner(self):
+        """What the loader's workers run to plan this model's sparse path ahead of the step: the
+        encoder's picklable planner (unit_mask [P, Hu, Wu] -> plans)."""
+        return self.encoder.planner()
+
     def no_weight_decay(self) -> set:
         names = {"encoder." + n for n in getattr(self.encoder, "no_weight_decay", lambda: set())()}
         return names | {"decoder.mask_token"}

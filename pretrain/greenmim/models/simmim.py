@@ -52,6 +52,10 @@ class SimMIM(nn.Module):
 
     host_mask = False  # the dense path never reads the mask on the host: the engine may hand it over on the device
 
+    def planner(self) -> None:
+        """The dense path needs no plan: the loader's workers only draw the masks."""
+        return None
+
     def no_weight_decay(self) -> set:
         names = {"encoder." + n for n in getattr(self.encoder, "no_weight_decay", lambda: set())()}
         return names | {"mask_token"}
