@@ -43,7 +43,7 @@ def test_compile_one_graph_for_all_masks_equal_to_eager(arch, shared, unit_mask)
     while steps < 4:
         mask = gen.draw(2) if unit_mask else gen(2)  # a UnitMask: what the loader's workers make
         plans = planner(mask.plan_mask if unit_mask else mask[:1] if shared else mask)
-        if plans["static_fallback"]:
+        if plans.static_fallback:
             continue
         loss_e, grads_e = step(eager, images, mask, plans)
         loss_c, grads_c = step(compiled, images, mask, plans)

@@ -35,7 +35,7 @@ def test_workers_give_the_batches_one_process_gives_and_plans_match_the_encoder(
         assert torch.equal(img_a, img_b) and torch.equal(mask_a.mask, mask_b.mask)
         assert not mask_a.shared and not mask_b.shared
         ref = enc.plan_sparse(mask_a.mask)
-        for plan, want in zip(plans_b["attention"], ref["attention"]):
+        for plan, want in zip(plans_b.attention, ref.attention):
             assert torch.equal(plan[0].gather, want[0].gather) and torch.equal(plan[1].scatter, want[1].scatter)
         x = torch.randn(3, 3, 64, 64)
         with torch.no_grad():

@@ -1,5 +1,7 @@
 """The mask is checked once and carries its shared flag (UnitMask); both encoders share one base
 (GreenEncoder) for dispatch, the reference path, freezing and gradient checkpointing."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -26,7 +28,7 @@ def test_as_unit_mask_finds_sharing_and_takes_a_unit_mask_as_it_is():
     assert as_unit_mask(per_sample, 3, (2, 2)).shared is False
     drawn = MaskGenerator(64, 0.5, shared=True, seed=1).draw(3)
     assert as_unit_mask(drawn, 3, (2, 2)) is drawn and drawn.plan_mask.shape == (1, 2, 2)
-    with_plans = as_unit_mask(per_sample, 3, (2, 2), plans={"plan_samples": 3})
+    with_plans = as_unit_mask(per_sample, 3, (2, 2), plans=SimpleNamespace(plan_samples=3))
     assert with_plans.shared is False and with_plans.mask is per_sample
     with pytest.raises(ValueError, match="same number of visible units"):
         as_unit_mask(torch.tensor([[[True, False], [True, True]], [[False, False], [True, True]]]), 2, (2, 2))
@@ -41,7 +43,8 @@ def test_a_unit_mask_gives_what_the_tensor_gives_and_a_shared_one_is_planned_onc
     mask = MaskGenerator(64, 0.5, shared=True, seed=2)(3)
     planned = []
     plan_sparse = enc.plan_sparse
-    monkeypatch.setattr(enc, "plan_sparse", lambda m, device=None: planned.append(m.shape[0]) or plan_sparse(m, device))
+    samples = lambda m: (m.plan_mask if isinstance(m, UnitMask) else m).shape[0]  # noqa: E731
+    monkeypatch.setattr(enc, "plan_sparse", lambda m, device=None: planned.append(samples(m)) or plan_sparse(m, device))
     with torch.no_grad():
         want = enc(x, mask)                       # a tensor: sharing found by comparing samples
         got = enc(x, UnitMask(mask, True))        # a UnitMask: sharing read off the flag
@@ -94,3 +97,19 @@ def test_both_encoders_share_one_base_for_freezing_and_checkpointing():
         torch.testing.assert_close(again, ref)
         for g, p in zip(grads, used):
             torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["swin", "twins"])
+def test_planners_check_a_tensor_mask_and_never_a_unit_mask(which, monkeypatch):
+    """The loader's workers hand their planner the UnitMask they drew (valid by construction):
+    planning does not check it again; a plain tensor from a user is checked once."""
+    planner = _encoders()[which].planner()
+    mask = MaskGenerator(64, 0.5, shared=False, seed=2)(3)
+    checks = []
+    check = masking.check_mask
+    monkeypatch.setattr(masking, "check_mask", lambda *a: checks.append(1) or check(*a))
+    from_unit = planner(UnitMask(mask, False))
+    assert checks == []
+    from_tensor = planner(mask)
+    assert checks == [1]
+    assert torch.equal(from_unit.embed_index, from_tensor.embed_index)

@@ -101,7 +101,7 @@ class Case:
             t0 = time.perf_counter()
             plans = planner(mask.plan_mask) if planner is not None else None  # dense: none needed
             self.plan_s.append(time.perf_counter() - t0)
-            if plans is not None and plans.get("static_fallback"):
+            if plans is not None and plans.static_fallback:
                 continue
             self.pool.append((mask, plans))
         self.fallback_masks = 4 - len(self.pool)

@@ -218,7 +218,7 @@ def planning(args, arch, size, ratio, shared: bool, batch: int, repeats: int = 5
     finally:
         torch.set_num_threads(threads)
     padding, weights = [], []
-    for stage, (regular, shifted) in zip(enc.layers, plans["attention"]):
+    for stage, (regular, shifted) in zip(enc.layers, plans.attention):
         padding.append((regular.padded_fraction, shifted.padded_fraction))
         weights.append(regular.num_tokens * len(stage.blocks))
     weighted = sum(w * (a + b) / 2 for w, (a, b) in zip(weights, padding)) / sum(weights)

@@ -124,8 +124,18 @@ class UnitMask:
         return UnitMask(self.mask.pin_memory(), self.shared)
 
 
+def plan_mask_of(mask: Union[torch.Tensor, UnitMask]) -> torch.Tensor:
+    """The host mask a planner plans from: a UnitMask's plan_mask (checked when it was made, so
+    not again), or a bool tensor [P, Hu, Wu] checked here."""
+    if isinstance(mask, UnitMask):
+        return mask.plan_mask.cpu()
+    mask = mask.cpu()
+    check_mask(mask, mask.shape[0], tuple(mask.shape[1:]))
+    return mask
+
+
 def as_unit_mask(mask: Union[torch.Tensor, UnitMask], batch_size: int, grid: Tuple[int, int],
-                 plans: Optional[dict] = None) -> UnitMask:
+                 plans=None) -> UnitMask:
     """The one place a model checks its mask argument.
 
     A UnitMask was checked when it was made: only its shape is compared here. A bool tensor that
@@ -138,7 +148,7 @@ def as_unit_mask(mask: Union[torch.Tensor, UnitMask], batch_size: int, grid: Tup
         return mask
     if plans is not None:
         check_mask_shape(mask, batch_size, grid)
-        return UnitMask(mask, plans["plan_samples"] == 1)
+        return UnitMask(mask, plans.plan_samples == 1)
     host = mask.cpu()  # the one device -> host copy, when the mask lives on a GPU
     check_mask(host, batch_size, grid)
     return UnitMask(mask, bool((host == host[:1]).all()))

@@ -68,8 +68,8 @@ class MaskCollator:
     def __call__(self, items: List[Tuple[Tuple[int, int], torch.Tensor]]):
         keys = [k for k, _ in items]
         images = stack_images([img for _, img in items])  # an EncodedBatch on the device path
-        mask = UnitMask(self.masks(keys), self.shared)  # valid by construction: no checks later
-        plans = self.planner(mask.plan_mask) if self.planner is not None else None
+        mask = UnitMask(self.masks(keys), self.shared)  # valid by construction: never checked again
+        plans = self.planner(mask) if self.planner is not None else None
         return images, mask, plans
 
 

@@ -19,7 +19,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ..data.masking import MASK_UNIT, UnitMask, as_unit_mask, upsample_mask
-from .tensor_tree import plans_to
+from .sparse_plans import SparsePlans
 
 ATTENTION_MODES = ("auto", "group", "ragged")
 
@@ -111,9 +111,9 @@ class GreenEncoder(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, mask=None, mask_token: Optional[torch.Tensor] = None,
-                plans: Optional[dict] = None) -> List[torch.Tensor]:
-        """plans: optional result of `self.plan_sparse(mask.plan_mask, device)` (or the planner's),
-        made ahead, e.g. in a DataLoader worker; by default the sparse path plans here, once per call."""
+                plans: Optional[SparsePlans] = None) -> List[torch.Tensor]:
+        """plans: optional result of `self.planner()(mask)`, made ahead, e.g. in a DataLoader
+        worker; by default the sparse path plans here, once per call."""
         self._check_images(images)
         if mask is None:
             return self.forward_dense(self.embed(images))
@@ -150,14 +150,16 @@ class GreenEncoder(nn.Module):
             raise ValueError(f"image size {h}x{w} is not a multiple of {MASK_UNIT}; resize or pad "
                              f"to e.g. {-(-h // MASK_UNIT) * MASK_UNIT}x{-(-w // MASK_UNIT) * MASK_UNIT}")
 
-    def _sparse_plans(self, images: torch.Tensor, unit_mask: UnitMask, plans: Optional[dict]) -> dict:
+    def _sparse_plans(self, images: torch.Tensor, unit_mask: UnitMask,
+                      plans: Optional[SparsePlans]) -> SparsePlans:
         """The plans of this step: made here from the mask (on the host, once per step, one plan
-        when the batch shares its mask) unless given; moved to the images' device."""
+        when the batch shares its mask) unless given; moved to the images' device (a no-op for
+        plans the engine moved with the batch)."""
         if plans is None:
-            plans = self.plan_sparse(unit_mask.plan_mask.cpu(), device=images.device)
-        elif plans["embed_index"].device != images.device:
-            plans = plans_to(plans, images.device)
-        p = plans["plan_samples"]
+            plans = self.plan_sparse(unit_mask, device=images.device)
+        elif plans.device != images.device:
+            plans = plans.to(images.device)
+        p = plans.plan_samples
         if p not in (1, images.shape[0]):
             raise ValueError(f"plans were made for {p} masks; this batch has {images.shape[0]} samples")
         return plans
@@ -167,7 +169,7 @@ class GreenEncoder(nn.Module):
         plans (P = 1: shared by the batch), that DataLoader workers run ahead of the step."""
         raise NotImplementedError
 
-    def plan_sparse(self, unit_mask: torch.Tensor, device=None) -> dict:
-        """Every index the sparse path needs, from a unit mask [P, Hu, Wu] (P = 1: shared by the
-        batch): made once per step on the host; blocks only read it."""
+    def plan_sparse(self, unit_mask, device=None) -> SparsePlans:
+        """Every index the sparse path needs, from a UnitMask or a bool unit mask [P, Hu, Wu]
+        (P = 1: shared by the batch): made once per step on the host; blocks only read it."""
         return self.planner()(unit_mask, device)

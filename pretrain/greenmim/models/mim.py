@@ -17,6 +17,7 @@ from torch import nn
 
 from ..data.masking import MASK_UNIT, UnitMask, as_unit_mask, mask_grid_size
 from .decoder import MIMDecoder
+from .sparse_plans import SparsePlans
 
 
 def patchify(images: torch.Tensor, unit: int = MASK_UNIT) -> torch.Tensor:
@@ -96,24 +97,24 @@ class GreenMIM(nn.Module):
         names = {"encoder." + n for n in getattr(self.encoder, "no_weight_decay", lambda: set())()}
         return names | {"decoder.mask_token"}
 
-    def _encode_decode(self, images: torch.Tensor, mask: UnitMask, plans: Optional[dict]) -> torch.Tensor:
+    def _encode_decode(self, images: torch.Tensor, mask: UnitMask, plans: Optional[SparsePlans]) -> torch.Tensor:
         # The encoder plans its sparse layout on the host: it gets the mask where it is (the engine
         # keeps masks on the CPU, so no device->host sync); the decoder gets it on the device.
         latent = self.encoder(images, mask, plans=plans)[-1]
         return self.decoder(self.encoder.norm(latent), mask.mask.to(latent.device, non_blocking=True))
 
-    def _unit_mask(self, images: torch.Tensor, mask, plans: Optional[dict]) -> UnitMask:
+    def _unit_mask(self, images: torch.Tensor, mask, plans: Optional[SparsePlans]) -> UnitMask:
         b, _, h, w = images.shape
         return as_unit_mask(mask, b, mask_grid_size((h, w), self.unit), plans)
 
-    def predict(self, images: torch.Tensor, mask, plans: Optional[dict] = None) -> torch.Tensor:
+    def predict(self, images: torch.Tensor, mask, plans: Optional[SparsePlans] = None) -> torch.Tensor:
         """[B, L, unit*unit*C] predicted (normalised, with norm_pix_loss) pixels of every unit.
         mask: bool [B, H/32, W/32] or a UnitMask. plans: the encoder planner's result for this
         mask, made ahead (then nothing here waits for the host: the mask was checked where it was
         planned)."""
         return self._encode_decode(images, self._unit_mask(images, mask, plans), plans)
 
-    def forward(self, images: torch.Tensor, mask, plans: Optional[dict] = None) -> Dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, mask, plans: Optional[SparsePlans] = None) -> Dict[str, torch.Tensor]:
         """Returns {"loss": scalar, "pred": [B, L, unit*unit*C], "mask": bool [B, Hu, Wu] on the
         images' device}. The mask (a bool tensor or a UnitMask) may live on the CPU (preferred: no
         host sync) or on the images' device; plans as in predict."""

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.masking import MASK_UNIT, UnitMask, as_unit_mask, mask_grid_size, upsample_mask
+from .sparse_plans import SparsePlans
 from .mim import masked_unit_mse, patchify, unit_statistics, unpatchify
 
 
@@ -60,7 +61,7 @@ class SimMIM(nn.Module):
         names = {"encoder." + n for n in getattr(self.encoder, "no_weight_decay", lambda: set())()}
         return names | {"mask_token"}
 
-    def _device_mask(self, images: torch.Tensor, mask, plans: Optional[dict]) -> UnitMask:
+    def _device_mask(self, images: torch.Tensor, mask, plans: Optional[SparsePlans]) -> UnitMask:
         """The mask checked once (a UnitMask, or a tensor with plans, was checked where it was
         drawn: nothing here waits for the host), on the images' device."""
         b, _, h, w = images.shape
@@ -71,13 +72,13 @@ class SimMIM(nn.Module):
         z = self.encoder.norm(z.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)      # Swin's final norm
         return self.decoder(z)
 
-    def predict_pixels(self, images: torch.Tensor, mask, plans: Optional[dict] = None) -> torch.Tensor:
+    def predict_pixels(self, images: torch.Tensor, mask, plans: Optional[SparsePlans] = None) -> torch.Tensor:
         """[B, C, H, W] predicted pixels of the whole image. mask: bool [B, H/32, W/32] or a
         UnitMask; plans: the dense model needs none (a dict means the mask was checked where it
         was drawn)."""
         return self._pixels(images, self._device_mask(images, mask, plans))
 
-    def forward(self, images: torch.Tensor, mask, plans: Optional[dict] = None) -> Dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, mask, plans: Optional[SparsePlans] = None) -> Dict[str, torch.Tensor]:
         """Returns {"loss": scalar, "pred": [B, C, H, W] pixels, "mask": bool [B, Hu, Wu] on the
         images' device}."""
         unit_mask = self._device_mask(images, mask, plans)

@@ -22,6 +22,6 @@ def map_tensors(obj, fn: Callable[[torch.Tensor], torch.Tensor]):
     return obj
 
 
-def plans_to(plans: dict, device: torch.device) -> dict:
+def plans_to(plans, device: torch.device):
     """Plans with every tensor moved to `device` (non-blocking)."""
     return map_tensors(plans, lambda t: t.to(device, non_blocking=True))

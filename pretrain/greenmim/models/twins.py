@@ -26,7 +26,7 @@ from ..data.masking import MASK_UNIT, upsample_mask
 from .sparse_conv import SPARSE_CONV_BACKENDS, embed_visible_patches, recompute_in_backward, strided_conv
 from .encoder_base import ATTENTION_MODES, GreenEncoder, check_img_size, init_transformer_weights, pair
 from .twins_blocks import BlockNorm, PosConv, TwinsBlock, TwinsPatchEmbed
-from .twins_plans import DenseStage, TwinsPlanner, dense_kv_mask
+from .twins_plans import DenseStage, TwinsPlanner, TwinsPlans, dense_kv_mask
 
 # Published Twins-SVT sizes (Chu et al. 2021, Table 2; timm twins_svt_*): widths double per stage.
 TWINS_ARCHS: Dict[str, dict] = {
@@ -178,17 +178,17 @@ class GreenTwinsSVT(GreenEncoder):
             outs.append(x.permute(0, 3, 1, 2).contiguous())
         return outs
 
-    def forward_sparse(self, images: torch.Tensor, plans: dict) -> List[torch.Tensor]:
-        p = plans["plan_samples"]
+    def forward_sparse(self, images: torch.Tensor, plans: TwinsPlans) -> List[torch.Tensor]:
+        p = plans.plan_samples
         embed0 = self.patch_embeds[0]
-        x = embed0.norm(embed_visible_patches(images, embed0.proj, plans["embed_index"], p))
+        x = embed0.norm(embed_visible_patches(images, embed0.proj, plans.embed_index, p))
         outs = []
         for i in range(len(self.depths)):
             if i > 0:
                 embed = self.patch_embeds[i]
-                x = embed.norm(recompute_in_backward(strided_conv, x, embed.proj, plans["embed"][i - 1],
+                x = embed.norm(recompute_in_backward(strided_conv, x, embed.proj, plans.embed[i - 1],
                                                      self.conv_backend))
-            x = self._run_stage(i, x, plans["stages"][i])
+            x = self._run_stage(i, x, plans.stages[i])
             outs.append(x)
         return outs
 

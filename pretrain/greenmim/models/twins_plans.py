@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..data.masking import check_mask, upsample_mask
+from ..data.masking import UnitMask, plan_mask_of, upsample_mask
 
 from .ragged_plan import RaggedPlan
 from .sparse_conv import (SparseSites, StridedConvPlan, depthwise_conv3x3, recompute_in_backward,
                           strided_conv)
+from .sparse_plans import SparsePlans
 from .static_shapes import static_shapes_for
 from .token_layout import stage_layouts
 from .window_plans import GroupPlan, PlanOverflow, WindowPlan
@@ -107,6 +108,14 @@ class SparseStage:
         return recompute_in_backward(depthwise_conv3x3, x, conv, self.sites, self.backend)
 
 
+@dataclass
+class TwinsPlans(SparsePlans):
+    """The sparse path's indices of one step. embed: the strided-conv plan of the patch embedding
+    into stage i+1; stages: each stage's context (LSA groups, GSA sub-sampling, PEG sites)."""
+    embed: List[StridedConvPlan]
+    stages: List["SparseStage"]
+
+
 @dataclass(frozen=True)
 class TwinsPlanner:
     """Builds every index of Green Twins' sparse path from a unit mask, on the host, from plain
@@ -124,12 +133,10 @@ class TwinsPlanner:
     attn_mode: str = "auto"
     static_shapes: bool = False
 
-    def __call__(self, unit_mask: torch.Tensor, device=None) -> dict:
-        """unit_mask bool [P, Hu, Wu] (P = 1: shared by the batch) -> {"embed_index": [P*N_0]
-        visible 4x4 patches, "embed": [StridedConvPlan stage i -> i+1], "stages": [SparseStage per
-        stage], "plan_samples": P, "static_fallback": the mask took the bound static table}."""
-        unit_mask = unit_mask.cpu()
-        check_mask(unit_mask, unit_mask.shape[0], tuple(unit_mask.shape[1:]))
+    def __call__(self, unit_mask: Union[UnitMask, torch.Tensor], device=None) -> TwinsPlans:
+        """unit_mask: a UnitMask (checked when it was drawn) or bool [P, Hu, Wu] (checked here);
+        P = 1: shared by the batch -> TwinsPlans, index tensors on `device` (default: CPU)."""
+        unit_mask = plan_mask_of(unit_mask)
         dev = device if device is not None else torch.device("cpu")
         n = len(self.sr_ratios)
         layouts = stage_layouts(unit_mask, n, self.tokens_per_unit)
@@ -155,8 +162,8 @@ class TwinsPlanner:
                                       self.conv_backend))
             if i > 0:
                 embeds.append(StridedConvPlan.build(layouts[i - 1], lay, 2, dev))
-        return {"embed_index": layouts[0].flat_index.to(dev, non_blocking=True), "embed": embeds,
-                "stages": stages, "plan_samples": unit_mask.shape[0], "static_fallback": fallback}
+        return TwinsPlans(layouts[0].flat_index.to(dev, non_blocking=True), unit_mask.shape[0], fallback,
+                          embeds, stages)
 
     def _group_plans(self, layouts, capacities, dev) -> list:
         """LSA's window plan of every stage; capacities: per stage ((G, g), _) or None (dynamic)."""
@@ -174,4 +181,4 @@ def dense_kv_mask(unit_mask: torch.Tensor, cells_per_unit: int) -> torch.Tensor:
     return m.flatten(1)
 
 
-__all__ = ["DenseStage", "SparseStage", "TwinsPlanner", "dense_kv_mask"]
+__all__ = ["DenseStage", "SparseStage", "TwinsPlanner", "TwinsPlans", "dense_kv_mask"]
