@@ -166,7 +166,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         # step would poison every weight. DDP has already averaged the gradients, so every rank
         # sees the same norm and all stop together. Under fp16 AMP the GradScaler does this
         # itself (it skips the step and lowers the loss scale), so the check is off there.
-        # The loss and the norm come to the host in one transfer: one sync per step, as before.
+        # The loss and the norm come to the host in one transfer: one sync per step.
         check_grads = not scaler.is_enabled()
         grads = [p.grad for p in model.parameters() if p.grad is not None] if check_grads else []
         norm = torch.nn.utils.get_total_norm(grads).to(step_loss) if grads else torch.zeros_like(step_loss)
