@@ -61,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="skip the remaining cases after this many seconds (the first case always runs)")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode for the compiled cases")
+    p.add_argument("--official", default=os.environ.get("OFFICIAL_GREENMIM"),
+                   help="a checkout of the official GreenMIM code: also time its step beside ours "
+                        "(official_side_by_side.py)")
     p.add_argument("--compile-backend", default=None,
                    help="torch.compile backend (default: inductor; the CPU check uses aot_eager)")
     return p.parse_args(argv)
@@ -203,6 +206,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.work, exist_ok=True)
     s = setting(args)
     s["compile_mode"] = args.compile_mode
     s["compile_backend"] = args.compile_backend or ("aot_eager" if device.type == "cpu" else None)
@@ -275,6 +279,16 @@ def main(argv=None) -> int:
             results["checks"]["sdpa_bias_grad"] = sdpa_bias_grad_check(device)
         except Exception as e:  # noqa: BLE001
             results["errors"].append(f"sdpa check: {type(e).__name__}: {e}")
+    if args.official and not over_budget():
+        try:
+            from official_side_by_side import main as official_main
+            path = os.path.join(args.work, "official.json")
+            official_main(["--official", args.official, "--device", str(device), "--batch-size", str(s["batch"]),
+                           "--iters", str(args.iters), "--warmup", str(args.warmup), "--json", path])
+            with open(path) as f:
+                results["official"] = json.load(f)["rows"]
+        except Exception as e:  # noqa: BLE001
+            results["errors"].append(f"official: {type(e).__name__}: {e}")
     workers = max(1, min(8, (os.cpu_count() or 2) - 1))
     if not over_budget():
         try:

@@ -35,6 +35,11 @@ def write_report(results: dict, path: str) -> None:
                       f"{ld['batch']}, masks planned in the workers): {ld['img_per_s']:.0f} img/s, "
                       f"{ld.get('cores_used', float('nan')):.1f} cores busy"
                       + (f", {dec:.1f} device ms per batch decoding" if dec is not None else "") + "."]
+    if results.get("official"):
+        lines += ["", "Side by side with the official GreenMIM code (Swin-B, shared mask, same process, alternated):", "",
+                  "| case | img/s | vs official | vs dense |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['case']} | {r['img_per_s']:.0f} | {r['vs_official']:.2f}x | {r['vs_dense']:.2f}x |"
+                  for r in results["official"]]
     e2e = results.get("end_to_end")
     if e2e:
         frac = e2e.get("fraction_of_step")
