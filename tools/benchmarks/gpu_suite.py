@@ -16,7 +16,8 @@ Measured, each case with dense and green steps alternated in one process (median
   * the attention kernel: SDPA (memory-efficient, bias gradient) vs batched matmuls, and whether
     SDPA's bias gradient equals the matmul path's (a GPU test);
   * captured == eager: loss and gradients of the compiled and graphed steps against eager;
-  * host planning time per step (what each DataLoader worker core spends);
+  * host planning time per step (what each DataLoader worker core spends), the largest batch that
+    fits (green and dense), and with --official the authors' step beside ours;
   * the loader per decoding path and pretraining end to end from JPEG files (gpu_data_rows.py).
 The masks' plans are made ahead on the host, as the training loader's workers make them, so the
 timed step is what the GPU runs. Needs torch, timm, numpy, pyyaml (no detectron2, no fvcore).
@@ -172,6 +173,26 @@ def profile_table(case: Case, steps: int = 3, rows: int = 20) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
 
 
+def largest_batch(kind: str, s: dict, device, start: int, limit: int = 16384) -> int:
+    """The largest batch (doubling from `start`) whose eager step with a shared mask fits on the
+    device; 0 when even `start` does not."""
+    best, batch = 0, start
+    while batch <= limit:
+        case = None
+        try:
+            case = Case(kind, s["arch"], {**s, "batch": batch}, device, False, "eager", **s["enc"])
+            case.step()
+            case.step()
+            sync(device)
+            best, batch = batch, batch * 2
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            case = None
+            torch.cuda.empty_cache()
+    return best
+
+
 def equal_to_eager(case: Case, ref: Case) -> dict:
     """Loss and gradients of a captured case against eager on the same weights, mask and plans."""
     ref.model.load_state_dict(case.model.state_dict())
@@ -279,6 +300,11 @@ def main(argv=None) -> int:
             results["checks"]["sdpa_bias_grad"] = sdpa_bias_grad_check(device)
         except Exception as e:  # noqa: BLE001
             results["errors"].append(f"sdpa check: {type(e).__name__}: {e}")
+    if device.type == "cuda" and not over_budget():
+        try:
+            results["largest_batch"] = {k: largest_batch(k, s, device, s["batch"]) for k in ("dense", "green")}
+        except Exception as e:  # noqa: BLE001
+            results["errors"].append(f"largest batch: {type(e).__name__}: {e}")
     if args.official and not over_budget():
         try:
             from official_side_by_side import main as official_main

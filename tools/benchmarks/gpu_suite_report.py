@@ -35,6 +35,10 @@ def write_report(results: dict, path: str) -> None:
                       f"{ld['batch']}, masks planned in the workers): {ld['img_per_s']:.0f} img/s, "
                       f"{ld.get('cores_used', float('nan')):.1f} cores busy"
                       + (f", {dec:.1f} device ms per batch decoding" if dec is not None else "") + "."]
+    if results.get("largest_batch"):
+        lb = results["largest_batch"]
+        lines += ["", f"Largest batch that fits (doubling from {s['batch']}, eager, shared mask): "
+                      f"dense {lb['dense']}, green {lb['green']}."]
     if results.get("official"):
         lines += ["", "Side by side with the official GreenMIM code (Swin-B, shared mask, same process, alternated):", "",
                   "| case | img/s | vs official | vs dense |", "| --- | --- | --- | --- |"]
