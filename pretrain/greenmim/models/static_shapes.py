@@ -21,13 +21,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 import torch
 
 from .grouping import attention_cost, pack_min_groups
 from .token_layout import stage_layouts
-from .window_plans import window_occupancy
+from .window_plans import PlanOverflow, window_occupancy
 
 Capacity = Tuple[int, int]                    # (groups G, capacity g)
 StageCapacities = Tuple[Capacity, Capacity]   # (regular windows, shifted windows)
@@ -42,6 +42,21 @@ class StaticShapes:
     def padding(self, tokens: Tuple[int, ...]) -> List[Tuple[float, float]]:
         """Padding slots / real tokens per stage of the tight table, (regular, shifted)."""
         return [tuple((g_n * g_c - t) / t for g_n, g_c in stage) for stage, t in zip(self.tight, tokens)]
+
+
+T = TypeVar("T")
+
+
+def with_static_fallback(build: Callable[[Optional[Tuple[StageCapacities, ...]]], T],
+                         shapes: Optional[StaticShapes]) -> Tuple[T, bool]:
+    """build(capacities) with the tight table, or with the bound one when this mask overflows the
+    tight one (second value True); build(None), dynamic shapes, without static shapes."""
+    if shapes is None:
+        return build(None), False
+    try:
+        return build(shapes.tight), False
+    except PlanOverflow:
+        return build(shapes.bound), True
 
 
 def calibration_masks(grid: Tuple[int, int], num_visible: int, plan_samples: int, count: int):

@@ -21,8 +21,8 @@ from .tensor_tree import plans_to  # noqa: F401  (public here too)
 from .token_layout import gather_tokens, merge_index, stage_layouts
 from .ragged_plan import RaggedPlan
 from .sparse_plans import SparsePlans
-from .static_shapes import static_shapes_for
-from .window_plans import GroupPlan, PlanOverflow, WindowPlan, compute_dtype
+from .static_shapes import static_shapes_for, with_static_fallback
+from .window_plans import GroupPlan, WindowPlan, compute_dtype
 
 @functools.lru_cache(maxsize=64)  # detection sees a handful of padded sizes: build each once
 def _cached_window_plan(height: int, width: int, window: int, shift: int, device: torch.device) -> WindowPlan:
@@ -68,17 +68,9 @@ class SparsePlanner:
         unit_mask = plan_mask_of(unit_mask)
         layouts = stage_layouts(unit_mask, len(self.windows), self.tokens_per_unit)
         dev = device if device is not None else torch.device("cpu")
-        fallback = False
-        if self.static_shapes:
-            shapes = static_shapes_for(self.windows, self.shifts, self.tokens_per_unit,
-                                       tuple(unit_mask.shape[1:]), layouts[-1].rows.shape[1],
-                                       unit_mask.shape[0])
-            try:
-                attention = self._attention_plans(layouts, shapes.tight, dev)
-            except PlanOverflow:
-                attention, fallback = self._attention_plans(layouts, shapes.bound, dev), True
-        else:
-            attention = self._attention_plans(layouts, None, dev)
+        shapes = (static_shapes_for(self.windows, self.shifts, self.tokens_per_unit, tuple(unit_mask.shape[1:]),
+                                    layouts[-1].rows.shape[1], unit_mask.shape[0]) if self.static_shapes else None)
+        attention, fallback = with_static_fallback(lambda caps: self._attention_plans(layouts, caps, dev), shapes)
         merge = [merge_index(a, b).to(dev, non_blocking=True) for a, b in zip(layouts, layouts[1:])]
         return SwinPlans(layouts[0].flat_index.to(dev, non_blocking=True), unit_mask.shape[0], fallback,
                          attention, merge)

@@ -28,9 +28,9 @@ from .ragged_plan import RaggedPlan
 from .sparse_conv import (SparseSites, StridedConvPlan, depthwise_conv3x3, recompute_in_backward,
                           strided_conv)
 from .sparse_plans import SparsePlans
-from .static_shapes import static_shapes_for
+from .static_shapes import static_shapes_for, with_static_fallback
 from .token_layout import stage_layouts
-from .window_plans import GroupPlan, PlanOverflow, WindowPlan
+from .window_plans import GroupPlan, WindowPlan
 
 
 @functools.lru_cache(maxsize=64)  # detection sees a handful of padded sizes: build each once
@@ -140,17 +140,9 @@ class TwinsPlanner:
         dev = device if device is not None else torch.device("cpu")
         n = len(self.sr_ratios)
         layouts = stage_layouts(unit_mask, n, self.tokens_per_unit)
-        fallback = False
-        if self.static_shapes:
-            visible_units = int((~unit_mask[0]).sum())
-            shapes = static_shapes_for((self.window,) * n, (0,) * n, self.tokens_per_unit,
-                                       tuple(unit_mask.shape[1:]), visible_units, unit_mask.shape[0])
-            try:
-                groups = self._group_plans(layouts, shapes.tight, dev)
-            except PlanOverflow:
-                groups, fallback = self._group_plans(layouts, shapes.bound, dev), True
-        else:
-            groups = self._group_plans(layouts, None, dev)
+        shapes = (static_shapes_for((self.window,) * n, (0,) * n, self.tokens_per_unit, tuple(unit_mask.shape[1:]),
+                                    int((~unit_mask[0]).sum()), unit_mask.shape[0]) if self.static_shapes else None)
+        groups, fallback = with_static_fallback(lambda caps: self._group_plans(layouts, caps, dev), shapes)
         stages, embeds = [], []
         for i, lay in enumerate(layouts):
             sr = self.sr_ratios[i]
