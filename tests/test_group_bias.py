@@ -46,3 +46,20 @@ def test_gradient_stays_in_the_table_dtype_under_autocast(backward):
     grad_ref, = torch.autograd.grad((plain_gather(tables, plan).to(torch.bfloat16).float() * weight).sum(), tables)
     assert grad.dtype == torch.float32
     torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_matmul_backward_compiles_into_one_graph():
+    """The GPU backward under torch.compile (what train.compile runs there) equals eager."""
+    torch._dynamo.reset()
+    mask = MaskGenerator(224, 0.75, shared=False, seed=2)(2)
+    lay = stage_layouts(mask, 1, 8)[0]
+    plan = GroupPlan.build(lay.rows, lay.cols, lay.height, lay.width, 7, 3)
+    tables = torch.randn(2, 169, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 3, plan.num_groups, plan.capacity, plan.capacity, dtype=torch.float64)
+
+    def loss(t, code):
+        return (group_bias(t, code, 7, "matmul") * weight).sum()
+
+    grad, = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(tables, plan.slot_code), tables)
+    grad_ref, = torch.autograd.grad(loss(tables, plan.slot_code), tables)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-12, atol=1e-11)
