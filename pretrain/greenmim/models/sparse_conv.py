@@ -79,7 +79,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError(f"sparse conv backend {backend!r} is not one of {SPARSE_CONV_BACKENDS}; "
                          "use 'auto' unless you are comparing backends")
     if backend == "auto":
-        return "spconv" if device.type == "cuda" and spconv_has_cuda() else "torch"
+        # A captured step (torch.compile, CUDA graphs) takes the PyTorch path: spconv builds its
+        # rule tables with host-side logic that neither traces nor records.
+        captured = torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+        return "spconv" if device.type == "cuda" and spconv_has_cuda() and not captured else "torch"
     if backend == "spconv" and not spconv_available():
         raise ValueError("sparse conv backend 'spconv' needs the spconv package "
                          "(pip install spconv, or spconv-cu1xx on GPU machines); use 'torch' or 'auto'")
@@ -247,7 +250,9 @@ def recompute_in_backward(fn, x: torch.Tensor, *args):
     would cost memory, recomputing them costs one gather and a small GEMM or a depthwise conv
     (twins_svt_base, 224 px, 0.75, batch 8: ~420 -> ~365 MB green step memory, time unchanged)."""
     if torch.is_grad_enabled() and x.requires_grad:
-        return torch.utils.checkpoint.checkpoint(fn, x, *args, use_reentrant=False)
+        # fn draws no random numbers, so no RNG state is saved (reading the CUDA RNG state is
+        # not allowed while a CUDA graph records).
+        return torch.utils.checkpoint.checkpoint(fn, x, *args, use_reentrant=False, preserve_rng_state=False)
     return fn(x, *args)
 
 
