@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,8 @@ def parse_args(argv=None):
                    "runs spend minutes compiling on the host)")
     p.add_argument("--workers", type=int, default=3, help="loader workers per run")
     p.add_argument("--timeout-s", type=int, default=360, help="per run")
+    p.add_argument("--budget-s", type=float, default=420, help="runs still waiting after this many seconds "
+                   "are skipped (and listed), and running ones stopped, so the report is always written")
     return p.parse_args(argv)
 
 
@@ -89,7 +92,9 @@ def run_spec(name: str, arch: str, shared: bool, mode: str, amp: str, args, data
             "out_dir": out_dir, "env": extra_env or {}, "nproc": nproc}
 
 
-def execute(spec: dict, timeout_s: int) -> dict:
+def execute(spec: dict, timeout_s: float) -> dict:
+    if timeout_s < 10:
+        return {**spec, "rc": "skipped", "tail": "skipped: the time budget was spent", "wall_s": 0.0}
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "pretrain") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONUNBUFFERED="1", **spec["env"])
     t0 = time.perf_counter()
@@ -124,7 +129,9 @@ def judge(r: dict) -> dict:
     recs = losses(r["out_dir"])
     row = {"run": r["name"], "rc": r["rc"], "steps": len(recs), "wall_s": round(r["wall_s"], 1)}
     problems = []
-    if r["rc"] != 0:
+    if r["rc"] == "skipped":
+        problems.append("skipped: the time budget was spent")
+    elif r["rc"] != 0:
         errs = [ln for ln in r["tail"].splitlines() if ln.startswith("error:") or "Error" in ln]
         problems.append(f"exit {r['rc']}: {(errs or r['tail'].splitlines() or [''])[-1][:300]}")
     if recs:
@@ -185,12 +192,19 @@ def main(argv=None) -> int:
                           {"GREENMIM_FAULT": "kill_at_step:15"}, out_name="resume"))
     specs.append(run_spec(f"torchrun x2 swin per-sample {captured}", "swin", False, captured, "bf16", args,
                           data, nproc=2, out_name="torchrun"))
+    deadline = start + args.budget_s
+    for spec in specs:  # every run starts afresh: an earlier run's logs must not count
+        shutil.rmtree(spec["out_dir"], ignore_errors=True)
+
+    def left() -> float:
+        return min(args.timeout_s, deadline - time.perf_counter())
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda s: execute(s, args.timeout_s), specs))
+        results = list(pool.map(lambda s: execute(s, left()), specs))
     # The killed run resumes from its step-10 checkpoint.
     resume = next(r for r in results if r["out_dir"].endswith("resume"))
     killed_rc = resume["rc"]
-    resumed = execute({**resume, "env": {}}, args.timeout_s)
+    resumed = execute({**resume, "env": {}}, left())
     results[results.index(resume)] = resumed
     rows = [judge(r) for r in results]
     compare_first_losses(rows, results)

@@ -13,7 +13,7 @@ export PYTHONPATH="$PWD/pretrain${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 "$PY" -c "import torch, timm, numpy, yaml, PIL" \
   || { echo "error: python3 needs torch, timm, numpy, pyyaml and pillow" >&2; exit 2; }
-timeout 450 "$PY" tools/benchmarks/gpu_programs.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_programs.log"
+timeout 480 "$PY" tools/benchmarks/gpu_programs.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_programs.log"
 status=${PIPESTATUS[0]}
 if [ -x tools/benchmarks/gpu_detection_check.sh ] && [ "${SKIP_DETECTION:-0}" != 1 ]; then
   bash tools/benchmarks/gpu_detection_check.sh || status=1
