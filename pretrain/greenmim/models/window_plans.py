@@ -225,6 +225,10 @@ class GroupPlan:
     scatter: torch.Tensor      # [P*N] slot holding each token
     slot_code: torch.Tensor    # [G, g] r*(2w-1)+c of the slot's token inside its window
     slot_window: torch.Tensor  # [G, g] window of the slot's token, -1 for padding
+    # The same permutations with slots numbered offset-major (offset * G + group): the order of
+    # CUDA's SDPA output, which group attention then reads without a copy.
+    gather_offset_major: torch.Tensor   # [g*G]
+    scatter_offset_major: torch.Tensor  # [P*N]
     window: int
     num_groups: int
     capacity: int
@@ -259,8 +263,10 @@ class GroupPlan:
         slot_win[slot_sorted] = win[order]
         dev = device if device is not None else torch.device("cpu")
         move = lambda t: t.to(dev, non_blocking=True)  # noqa: E731
+        offset_major = (scatter % g) * n_groups + scatter // g
         return cls(move(gather), move(scatter), move(code[gather].view(n_groups, g)),
-                   move(slot_win.view(n_groups, g)), window, n_groups, g, p, n,
+                   move(slot_win.view(n_groups, g)), move(gather.view(n_groups, g).t().reshape(-1)),
+                   move(offset_major), window, n_groups, g, p, n,
                    (n_groups * g - p * n) / max(p * n, 1))
 
     def pin_memory(self) -> "GroupPlan":
@@ -312,10 +318,16 @@ class GroupPlan:
         d = three_c // (3 * num_heads)
         slots = _SlotGather.apply(qkv.view(b // p, p * n, 3, num_heads, d), self.gather, self.scatter)
         q, k, v = slots.view(3, b // p, num_heads, g_count, g, d).unbind(0)     # [B/P, heads, G, g, d]
-        # The kernel's output layout is its own (CUDA's SDPA returns [.., g, G, d] strides), so
-        # the groups are merged with flatten, which copies only when the layout needs it.
-        out = window_attention(q, k, v, bias).flatten(2, 3)                    # [B/P, heads, G*g, d]
-        return _SlotScatter.apply(out, self.scatter, self.gather).view(*qkv.shape[:-1], three_c // 3)
+        out = window_attention(q, k, v, bias)                                  # [B/P, heads, G, g, d]
+        # The kernel's output layout is its own: CUDA's SDPA lays it out offset-major ([.., g, G, d]
+        # in memory), which the scatter reads as it lies; any other layout is flattened
+        # group-major (a copy only when needed). Never a view that assumes one layout.
+        if not out.is_contiguous() and out.transpose(2, 3).is_contiguous():
+            tokens = _SlotScatter.apply(out.transpose(2, 3).flatten(2, 3), self.scatter_offset_major,
+                                        self.gather_offset_major)
+        else:
+            tokens = _SlotScatter.apply(out.flatten(2, 3), self.scatter, self.gather)
+        return tokens.view(*qkv.shape[:-1], three_c // 3)
 
 
 # Gather and scatter are inverse permutations on the real tokens, so each one's backward is the
