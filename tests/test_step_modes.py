@@ -34,3 +34,10 @@ def test_cuda_graphs_refused_on_a_cpu_with_everything_missing_named():
     with pytest.raises(ConfigError, match=r"needs a CUDA device, train.accum_iter=1, model.static_shapes=true"):
         graphed_step(cfg, torch.nn.Linear(1, 1), torch.device("cpu"), None)
     assert graphed_step(config(), torch.nn.Linear(1, 1), torch.device("cpu"), None) is None
+
+
+def test_processes_sharing_gpus_use_gloo():
+    """nccl refuses two ranks on one device: more processes than GPUs on a node take gloo."""
+    from greenmim.engine.dist import backend_for
+    assert backend_for(8, 8) == "nccl" and backend_for(1, 1) == "nccl"
+    assert backend_for(2, 1) == "gloo" and backend_for(16, 8) == "gloo"
