@@ -2,7 +2,8 @@
 # Fetch, on a machine with package-registry access, everything a GPU machine without detectron2
 # needs for tools/benchmarks/gpu_detection_check.sh, into an ignored folder that a device call
 # carries (`carry: [".whl"]`). That machine has python3 with torch, torchvision, timm, numpy,
-# pillow, pyyaml, tqdm, tensorboard and a C++ compiler, and no registry; it lacks detectron2 and
+# pillow, pyyaml, tqdm and a C++ compiler, and no registry (nor tensorboard: train_net then writes
+# metrics to the console and metrics.json only); it lacks detectron2 and
 # most of detectron2's own requirements (below). OpenCV is not needed: detectron2 imports it only
 # where it exists, and the check draws its data with PIL.
 #

@@ -46,7 +46,7 @@ fail() {
 
 missing="$("$PY" - <<'EOF'
 import importlib.util
-need = ["torch", "torchvision", "timm", "numpy", "PIL", "yaml", "tqdm", "tensorboard"]
+need = ["torch", "torchvision", "timm", "numpy", "PIL", "yaml", "tqdm"]
 print(" ".join(n for n in need if importlib.util.find_spec(n) is None))
 EOF
 )" || fail "$PY does not run"

@@ -35,7 +35,6 @@ import numpy as np
 from PIL import Image
 
 from greenmim.config import DEFAULTS
-from greenmim.data.synthetic import render_image
 from greenmim.engine.data import build_dataset, build_loader
 
 SIZE = (500, 375)
@@ -50,11 +49,27 @@ def _grain(rng: np.random.Generator, h: int, w: int, amp: float, channels: int) 
     return (amp * x / x.std()).transpose(1, 2, 0)
 
 
+def _shapes(rng: np.random.Generator, size) -> Image.Image:
+    """A few filled shapes on a colour gradient, drawn with PIL (no OpenCV: GPU machines have none)."""
+    from PIL import ImageDraw
+    w, h = size
+    top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    ramp = np.linspace(0.0, 1.0, h)[:, None, None]
+    img = Image.fromarray((top * (1 - ramp) + bottom * ramp).repeat(w, axis=1).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(3, 7))):
+        x0, y0 = int(rng.integers(0, w // 2 + 1)), int(rng.integers(0, h // 2 + 1))
+        box = (x0, y0, x0 + int(rng.integers(w // 8, w // 2 + 2)), y0 + int(rng.integers(h // 8, h // 2 + 2)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    return img
+
+
 def _write_one(args) -> int:
     """Writes picture i (W, H) as JPEG quality 90 to path; returns its size in bytes."""
     i, size, path = args
     rng = np.random.default_rng([3, i])
-    img = Image.fromarray(render_image(rng, max(size))[0]).resize(size)
+    img = _shapes(rng, size)
     # shapes on flat colour compress to ~50 KB; grain brings them to ImageNet's ~100 KB, whose
     # entropy decoding is what a JPEG decoder spends its time on
     w, h = size

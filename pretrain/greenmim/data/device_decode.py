@@ -209,12 +209,14 @@ class DeviceDecoder:
         jpegs = [k for k, it in enumerate(items) if it.data is not None]
         if jpegs:
             try:  # one batched call: nvJPEG decodes the whole batch at once
+                self._drain()
                 for k, img in zip(jpegs, decode_jpeg([items[k].data for k in jpegs],
                                                      mode=ImageReadMode.RGB, device=self.device)):
                     out[k] = img
             except RuntimeError:  # one bad image fails the batch: find it, decode the rest
                 for k in jpegs:
                     try:
+                        self._drain()
                         out[k] = decode_jpeg(items[k].data, mode=ImageReadMode.RGB, device=self.device)
                     except RuntimeError as e:
                         out[k] = self._on_cpu(items, k, e)
@@ -222,6 +224,13 @@ class DeviceDecoder:
             if it.pixels is not None:
                 out[k] = it.pixels.to(self.device, non_blocking=True)
         return out
+
+    def _drain(self) -> None:
+        """Waits for the work queued on this thread's stream. torchvision's CUDA decode allocates
+        its outputs on the current stream but writes them from nvJPEG's own stream, which does not
+        wait for that queue: memory the previous batch's crops still read could be overwritten."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     def _on_cpu(self, items: List[EncodedImage], k: int, error: BaseException) -> torch.Tensor:
         """Item k decoded by PIL after the device failed on it; replaced if PIL fails too."""

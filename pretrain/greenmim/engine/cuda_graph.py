@@ -82,7 +82,9 @@ class GraphedStep:
         for p in self.params:
             p.grad = None
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: the loader's decode thread may allocate and synchronise on its own stream
+        # while this records; only this thread's calls must be capture-safe.
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             loss = self._run(*static_inputs)
         self.pool = graph.pool()
         grads = [p.grad for p in self.params]

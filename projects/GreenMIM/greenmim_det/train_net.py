@@ -41,6 +41,7 @@ from detectron2.engine import (
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from detectron2.utils.logger import setup_logger
 
 from greenmim.config import UserError
@@ -90,6 +91,17 @@ def check_num_classes(cfg):
         logger.warning(msg)
 
 
+def metric_writers(output_dir: str, max_iter: int) -> list:
+    """detectron2's writers (console, metrics.json, TensorBoard); without tensorboard installed the
+    first two, said in one log line, instead of an ImportError at the first write."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        logger.info("tensorboard is not installed: metrics go to the console and metrics.json only")
+        return [CommonMetricPrinter(max_iter), JSONWriter(os.path.join(output_dir, "metrics.json"))]
+    return default_writers(output_dir, max_iter)
+
+
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
@@ -123,7 +135,7 @@ def do_train(args, cfg):
             # evaluates every eval_period iterations and always after the last one
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
             hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                metric_writers(cfg.train.output_dir, cfg.train.max_iter),
                 period=cfg.train.log_period,
             )
             if comm.is_main_process()
