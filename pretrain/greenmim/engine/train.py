@@ -131,80 +131,88 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     step_loss = torch.zeros((), device=device)
     lr = 0.0
 
-    for i, images in enumerate(loader):
-        a = i % accum
-        if a == 0:
-            torch.manual_seed(step_seed(sc.seed, state.step, rank))
-            lr = sc.lr_fn(state.step)
-            set_lr(optimizer, lr)
-            step_loss.zero_()
-        if isinstance(images, (tuple, list)):  # (images, mask, plans) made by the loader's workers
-            images, mask, plans = images
-            plans = None if plans is None else plans_to(plans, device)
-        else:  # masks stay on the CPU: the green encoder plans on the host
-            mask, plans = draw_masks(mask_generator, images.shape[0], world, rank), None
-        images = images.to(device, non_blocking=True)
-        if plans is not None or not getattr(unwrap(model), "host_mask", True):
-            # Nothing reads this mask on the host any more: it travels with the images, so a
-            # compiled or captured step has no host tensor inside.
-            mask = mask.to(device, non_blocking=True)
-        last = a == accum - 1
-        sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
-        if sc.forward_backward is not None:
-            loss = sc.forward_backward(images, mask, plans)
-        else:
-            with sync:
-                with torch.autocast(device.type, dtype=sc.amp_dtype or torch.float32,
-                                    enabled=sc.amp_dtype is not None):
-                    loss = (model(images, mask) if plans is None else model(images, mask, plans))["loss"]
-                scaler.scale(loss / accum).backward()
-        step_loss += loss.detach().float() / accum
-        if not last:
-            continue
+    batches = iter(loader)
+    try:
+        for i, images in enumerate(batches):
+            a = i % accum
+            if a == 0:
+                torch.manual_seed(step_seed(sc.seed, state.step, rank))
+                lr = sc.lr_fn(state.step)
+                set_lr(optimizer, lr)
+                step_loss.zero_()
+            if isinstance(images, (tuple, list)):  # (images, mask, plans) made by the loader's workers
+                images, mask, plans = images
+                plans = None if plans is None else plans_to(plans, device)
+            else:  # masks stay on the CPU: the green encoder plans on the host
+                mask, plans = draw_masks(mask_generator, images.shape[0], world, rank), None
+            images = images.to(device, non_blocking=True)
+            if plans is not None or not getattr(unwrap(model), "host_mask", True):
+                # Nothing reads this mask on the host any more: it travels with the images, so a
+                # compiled or captured step has no host tensor inside.
+                mask = mask.to(device, non_blocking=True)
+            last = a == accum - 1
+            sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
+            if sc.forward_backward is not None:
+                loss = sc.forward_backward(images, mask, plans)
+            else:
+                with sync:
+                    with torch.autocast(device.type, dtype=sc.amp_dtype or torch.float32,
+                                        enabled=sc.amp_dtype is not None):
+                        loss = (model(images, mask) if plans is None else model(images, mask, plans))["loss"]
+                    scaler.scale(loss / accum).backward()
+            step_loss += loss.detach().float() / accum
+            if not last:
+                continue
 
-        # A finite loss can still give NaN/inf gradients (an overflow in backward), and one such
-        # step would poison every weight. DDP has already averaged the gradients, so every rank
-        # sees the same norm and all stop together. Under fp16 AMP the GradScaler does this
-        # itself (it skips the step and lowers the loss scale), so the check is off there.
-        # The loss and the norm come to the host in one transfer: one sync per step.
-        check_grads = not scaler.is_enabled()
-        grads = [p.grad for p in model.parameters() if p.grad is not None] if check_grads else []
-        norm = torch.nn.utils.get_total_norm(grads).to(step_loss) if grads else torch.zeros_like(step_loss)
-        loss_value, raw_norm = torch.stack([gdist.all_reduce_mean(step_loss), norm]).tolist()
-        if not math.isfinite(loss_value):
-            logger.end_epoch()
-            raise TrainingError(
-                f"loss is {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); training "
-                f"stopped before applying it, the last checkpoint is left intact — lower "
-                f"train.blr, set train.clip_grad or use train.amp=bf16, then resume")
-        if not math.isfinite(raw_norm):
-            logger.end_epoch()
-            raise TrainingError(
-                f"gradient norm is {raw_norm} at step {state.step + 1} (epoch {state.epoch + 1}) with "
-                f"a finite loss {loss_value:.4g}; training stopped before applying it, the last "
-                f"checkpoint is left intact — lower train.blr, set train.clip_grad or use "
-                f"train.amp=bf16, then resume")
-        grad_norm = apply_update(model, optimizer, scaler, sc.clip_grad, raw_norm if check_grads else None)
-        state.step += 1
-        state.epoch_step += 1
+            # A finite loss can still give NaN/inf gradients (an overflow in backward), and one such
+            # step would poison every weight. DDP has already averaged the gradients, so every rank
+            # sees the same norm and all stop together. Under fp16 AMP the GradScaler does this
+            # itself (it skips the step and lowers the loss scale), so the check is off there.
+            # The loss and the norm come to the host in one transfer: one sync per step.
+            check_grads = not scaler.is_enabled()
+            grads = [p.grad for p in model.parameters() if p.grad is not None] if check_grads else []
+            norm = torch.nn.utils.get_total_norm(grads).to(step_loss) if grads else torch.zeros_like(step_loss)
+            loss_value, raw_norm = torch.stack([gdist.all_reduce_mean(step_loss), norm]).tolist()
+            if not math.isfinite(loss_value):
+                logger.end_epoch()
+                raise TrainingError(
+                    f"loss is {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); training "
+                    f"stopped before applying it, the last checkpoint is left intact — lower "
+                    f"train.blr, set train.clip_grad or use train.amp=bf16, then resume")
+            if not math.isfinite(raw_norm):
+                logger.end_epoch()
+                raise TrainingError(
+                    f"gradient norm is {raw_norm} at step {state.step + 1} (epoch {state.epoch + 1}) with "
+                    f"a finite loss {loss_value:.4g}; training stopped before applying it, the last "
+                    f"checkpoint is left intact — lower train.blr, set train.clip_grad or use "
+                    f"train.amp=bf16, then resume")
+            grad_norm = apply_update(model, optimizer, scaler, sc.clip_grad, raw_norm if check_grads else None)
+            state.step += 1
+            state.epoch_step += 1
 
-        now = time.perf_counter()
-        dt, t_last = now - t_last, now
-        if state.epoch_step > 1 or timed_steps:  # the first step of an epoch includes loader start-up
-            timed_steps, timed_time = timed_steps + 1, timed_time + dt
-        sec_per_step = timed_time / timed_steps if timed_steps else dt
-        img_s = imgs_per_step / max(dt, 1e-9)
-        eta = sec_per_step * (min(sc.total_steps, sc.max_steps or sc.total_steps) - state.step)
-        logger.update_bar(1, loss_value, lr, img_s, eta)
-        if state.step % sc.log_every == 0 or state.epoch_step == sampler.steps_per_epoch:
-            record = {"step": state.step, "epoch": state.epoch + state.epoch_step / sampler.steps_per_epoch,
-                      "loss": loss_value, "lr": lr, "img_per_s": img_s}
-            if grad_norm is not None:
-                record["grad_norm"] = grad_norm
-            if scaler.is_enabled():
-                record["loss_scale"] = float(scaler.get_scale())
-            logger.log(record, state.step)
-        if end_of_step(state, sc, logger, on_step):
-            return False
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            if state.epoch_step > 1 or timed_steps:  # the first step of an epoch includes loader start-up
+                timed_steps, timed_time = timed_steps + 1, timed_time + dt
+            sec_per_step = timed_time / timed_steps if timed_steps else dt
+            img_s = imgs_per_step / max(dt, 1e-9)
+            eta = sec_per_step * (min(sc.total_steps, sc.max_steps or sc.total_steps) - state.step)
+            logger.update_bar(1, loss_value, lr, img_s, eta)
+            if state.step % sc.log_every == 0 or state.epoch_step == sampler.steps_per_epoch:
+                record = {"step": state.step, "epoch": state.epoch + state.epoch_step / sampler.steps_per_epoch,
+                          "loss": loss_value, "lr": lr, "img_per_s": img_s}
+                if grad_norm is not None:
+                    record["grad_norm"] = grad_norm
+                if scaler.is_enabled():
+                    record["loss_scale"] = float(scaler.get_scale())
+                logger.log(record, state.step)
+            if end_of_step(state, sc, logger, on_step):
+                return False
+    finally:
+        # A loader that decodes on the device is a generator holding a thread and the DataLoader
+        # behind it: closing it stops both now, also when a step raised.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
     logger.end_epoch()
     return True
