@@ -5,8 +5,10 @@ does not depend on worker count, process count or where a run was resumed.
     seed_of(stream, seed, *keys) = (seed * stream.seed_mult + sum(key_i * stream.key_mults[i])
                                     + stream.offset) mod 2**63
 
-The streams' constants differ so that two streams never see the same seed sequence; they are
-fixed forever: a resumed run of an older checkpoint must draw the same crops, masks and orders.
+The constants are those the streams had before they shared this rule, and are fixed forever: a
+resumed run of an older checkpoint must draw the same crops, masks and orders. Some streams share
+a seed multiplier (e.g. the sample stream at epoch 0 and the epoch-order stream meet at some
+keys); they seed different generators for different draws, so no draw repeats another's.
 """
 from __future__ import annotations
 

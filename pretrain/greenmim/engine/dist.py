@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ def _slurm_to_torchrun_env() -> None:
     os.environ["RANK"] = os.environ["SLURM_PROCID"]
     os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
     os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800) -> DistInfo:
@@ -57,7 +59,12 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800) -> DistInfo:
         gpus = torch.cuda.device_count()
         dev = torch.device("cuda", local % gpus)
         torch.cuda.set_device(dev)
-        backend = backend_for(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), gpus)
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        backend = backend_for(local_processes, gpus)
+        if backend == "gloo" and local == 0:  # said once per node: a launch mistake looks the same
+            print(f"warning: {local_processes} processes share {gpus} GPU(s) on this node; they use "
+                  "gloo, which is slower than nccl (launch one process per GPU for speed)",
+                  file=sys.stderr, flush=True)
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():

@@ -14,8 +14,9 @@ matrix E [G*g, U] of the slots' codes:
     dT[k, h] = E^T (dB[k, h] E)        ([U, U] per block k and head h, summed over every group)
     dtables[k, r, h] = sum over (u, v) with u - v + U - 1 = r of dT[k, h, u, v]
 
-Both products are GEMMs (deterministic, no atomics on a few addresses), run in float32 whatever
-the autocast dtype, and the last sum is an index_add of U^2 entries, independent of the batch.
+All three are GEMMs (deterministic, no atomics on a few addresses), run in float32 whatever the
+autocast dtype; the last one sums U^2 code pairs onto their rows with a constant 0/1 matrix, a
+cost independent of the batch.
 That is the backward on GPUs. On a CPU the accumulation is not serialised and costs less than
 the products' FLOPs (per-sample masks at batch 128, Swin-B stage 1: 132 vs 286 ms,
 tools/benchmarks/bias_grad.py), so there the backward accumulates per pair ("index").
@@ -34,10 +35,11 @@ def num_codes(window: int) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _offset_rows(window: int, device: torch.device) -> torch.Tensor:
-    """[U*U] table row of each (query code, key code) pair: u - v + U - 1."""
+def _pairs_to_rows(window: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[U*U, (2w-1)^2] 0/1: the table row u - v + U - 1 of each (query code u, key code v) pair."""
     u = torch.arange(num_codes(window), device=device)
-    return (u[:, None] - u[None, :] + num_codes(window) - 1).flatten()
+    rows = (u[:, None] - u[None, :] + num_codes(window) - 1).flatten()
+    return (rows[:, None] == torch.arange((2 * window - 1) ** 2, device=device)).to(dtype)
 
 
 BACKWARDS = ("auto", "matmul", "index")
@@ -70,8 +72,9 @@ class _GroupBias(torch.autograd.Function):
         rows = (2 * ctx.window - 1) ** 2
         if not ctx.matmul:  # what autograd's indexing backward does: accumulate every pair
             rel = code[:, :, None] - code[:, None, :] + (u - 1)
-            per_row = grad.permute(0, 2, 3, 4, 1).reshape(k, -1, heads)
-            grad_tables = grad.new_zeros(k, rows, heads).index_add_(1, rel.flatten(), per_row)
+            acc = torch.promote_types(grad.dtype, torch.float32)
+            per_row = grad.permute(0, 2, 3, 4, 1).reshape(k, -1, heads).to(acc)
+            grad_tables = per_row.new_zeros(k, rows, heads).index_add_(1, rel.flatten(), per_row)
             return grad_tables.to(ctx.table_dtype), None, None, None
         work = torch.float64 if grad.dtype == torch.float64 else torch.float32
         kind = grad.device.type
@@ -85,6 +88,5 @@ class _GroupBias(torch.autograd.Function):
             per_key = per_key.view(groups, k * heads, g, u).transpose(1, 2).reshape(groups * g, k * heads * u)
             per_pair = onehot.view(groups * g, u).t() @ per_key                        # [U, Kh*U]
             per_pair = per_pair.view(u, k * heads, u).transpose(0, 1).reshape(k * heads, u * u)
-            grad_tables = per_pair.new_zeros(k * heads, rows).index_add_(
-                1, _offset_rows(ctx.window, grad.device), per_pair)
+            grad_tables = per_pair @ _pairs_to_rows(ctx.window, grad.device, work)              # [Kh, rows]
         return grad_tables.view(k, heads, rows).transpose(1, 2).to(ctx.table_dtype), None, None, None
