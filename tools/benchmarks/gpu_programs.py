@@ -7,7 +7,8 @@ $OUT/gpu_programs.json and gpu_programs.md, pass or fail.
 
 What runs (`pretrain/main_pretrain.py`, its loader, engine, checkpoints and resume, not a harness):
   * {Swin-B, Twins-SVT-B} x {shared, per-sample masks} x {eager, cuda_graphs, compile}, bf16,
-    on a folder of generated JPEGs, 20 steps over two epochs, plus Swin-B shared eager in fp32;
+    on a folder of generated JPEGs, 20 steps over two epochs, plus Swin-B shared eager in fp32 and
+    Swin-B shared with CUDA graphs and data.decode=auto (the JPEGs decoded on the GPU);
     each must log finite losses, write checkpoint-last.pth and export the encoder, and the first
     step's loss must agree across the modes of an (arch, mask) pair within bf16 tolerance;
   * kill and resume: Swin-B shared with CUDA graphs killed (SIGKILL) at step 15, rerun: it must
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,10 @@ from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BF16_RTOL = 3e-2  # losses of the same batch computed by differently fused bf16 kernels
+# The first step after a resume sees the restored weights and the same batch: only the order of
+# floating-point reductions may differ. Later steps drift apart by at most the bf16 tolerance.
+FIRST_STEP_RTOL = 2e-3
+CROSS_MODE_RTOL = 1e-2  # one batch and weights, kernels fused differently (compile) in bf16
 
 
 def parse_args(argv=None):
@@ -68,7 +74,8 @@ def make_jpegs(folder: str, count: int, size=(320, 240)) -> None:
 
 
 def run_spec(name: str, arch: str, shared: bool, mode: str, amp: str, args, data: str,
-             extra_env: Optional[dict] = None, nproc: int = 1, out_name: Optional[str] = None) -> dict:
+             extra_env: Optional[dict] = None, nproc: int = 1, out_name: Optional[str] = None,
+             extra_overrides: Optional[List[str]] = None) -> dict:
     base = {"swin": "greenmim_swin_base_w7.yaml", "twins": "greenmim_twins_svt_base.yaml"}[arch]
     if args.tiny:
         base = {"swin": "tiny_cpu.yaml", "twins": "twins_tiny_cpu.yaml"}[arch]
@@ -80,6 +87,7 @@ def run_spec(name: str, arch: str, shared: bool, mode: str, amp: str, args, data
                  "checkpoint.every_epochs=0", "log.every_steps=1", "log.tensorboard=false",
                  "log.progress_bar=false", "log.vis_every_epochs=0", f"device={args.device}",
                  f"output_dir={out_dir}", "resume=auto"]
+    overrides += extra_overrides or []
     if mode == "cuda_graphs":
         overrides.append("train.cuda_graphs=true")
     elif mode == "compile":
@@ -98,12 +106,17 @@ def execute(spec: dict, timeout_s: float) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "pretrain") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONUNBUFFERED="1", **spec["env"])
     t0 = time.perf_counter()
+    # A session of its own, so a timeout stops torchrun's workers and loader workers too.
+    proc = subprocess.Popen(spec["cmd"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     try:
-        proc = subprocess.run(spec["cmd"], env=env, capture_output=True, text=True, timeout=timeout_s)
-        rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-4000:]
-    except subprocess.TimeoutExpired as e:
-        rc, tail = 124, ((e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace"))[-4000:]
-    return {**spec, "rc": rc, "tail": tail, "wall_s": time.perf_counter() - t0}
+        out, _ = proc.communicate(timeout=timeout_s)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        rc = 124
+    return {**spec, "rc": rc, "tail": (out or "")[-4000:], "wall_s": time.perf_counter() - t0}
 
 
 def losses(out_dir: str) -> Dict[int, dict]:
@@ -119,7 +132,7 @@ def losses(out_dir: str) -> Dict[int, dict]:
     return recs
 
 
-def close(a: float, b: float, rtol: float = BF16_RTOL) -> bool:
+def close(a: float, b: float, rtol: float) -> bool:
     return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-6)
 
 
@@ -154,19 +167,28 @@ def compare_first_losses(rows: List[dict], runs: List[dict]) -> None:
     """The first step sees the same images, mask and weights in every mode of an (arch, mask) pair."""
     groups: Dict[tuple, List[dict]] = {}
     for row, r in zip(rows, runs):
-        if r["nproc"] == 1 and r["amp"] == "bf16" and "first_loss" in row and not r["name"].startswith("resume"):
+        # the resume run repeats a mode; decode=auto decodes the same crops with another decoder
+        if (r["nproc"] == 1 and r["amp"] == "bf16" and "first_loss" in row and not r["name"].startswith("resume")
+                and "decode" not in r["name"]):
             groups.setdefault((r["arch"], r["shared"]), []).append(row)
     for group in groups.values():
         ref = next((g for g in group if g["run"].endswith("eager")), group[0])
         for g in group:
             g["first_loss_vs_eager"] = round(abs(g["first_loss"] - ref["first_loss"]) / max(abs(ref["first_loss"]), 1e-6), 5)
-            if not close(g["first_loss"], ref["first_loss"]):
+            if not close(g["first_loss"], ref["first_loss"], CROSS_MODE_RTOL):
                 g["problems"].append(f"first loss {g['first_loss']:.5f} differs from eager's {ref['first_loss']:.5f}")
 
 
 def compare_steps(row: dict, out_dir: str, ref_dir: str, steps, what: str) -> None:
+    """The losses of `steps` equal the reference run's: the first within FIRST_STEP_RTOL (a wrong
+    batch, mask or weight differs by far more), the rest within the bf16 tolerance."""
     got, ref = losses(out_dir), losses(ref_dir)
-    bad = [s for s in steps if s not in got or s not in ref or not close(got[s]["loss"], ref[s]["loss"])]
+    steps = list(steps)
+
+    def ok(s: int) -> bool:
+        return s in got and s in ref and close(got[s]["loss"], ref[s]["loss"],
+                                               FIRST_STEP_RTOL if s == steps[0] else BF16_RTOL)
+    bad = [s for s in steps if not ok(s)]
     row[what] = "equal" if not bad else f"differs at steps {bad[:5]}"
     if bad:
         row["problems"].append(f"{what}: losses differ at steps {bad[:5]}")
@@ -187,6 +209,9 @@ def main(argv=None) -> int:
                 specs.append(run_spec(f"{arch} {'shared' if shared else 'per-sample'} {mode}", arch, shared,
                                       mode, "bf16", args, data))
     specs.append(run_spec("swin shared eager fp32", "swin", True, "eager", "none", args, data))
+    specs.append(run_spec(f"swin shared {modes[-1] if args.tiny else 'cuda_graphs'} decode=auto", "swin", True,
+                          modes[-1] if args.tiny else "cuda_graphs", "bf16", args, data,
+                          extra_overrides=["data.decode=auto"], out_name="decode_auto"))
     captured = "cuda_graphs" if "cuda_graphs" in modes else modes[-1]
     specs.append(run_spec(f"resume swin shared {captured}", "swin", True, captured, "bf16", args, data,
                           {"GREENMIM_FAULT": "kill_at_step:15"}, out_name="resume"))
