@@ -18,7 +18,7 @@ All three are GEMMs (deterministic, no atomics on a few addresses), run in float
 autocast dtype; the last one sums U^2 code pairs onto their rows with a constant 0/1 matrix, a
 cost independent of the batch.
 That is the backward on GPUs. On a CPU the accumulation is not serialised and costs less than
-the products' FLOPs (per-sample masks at batch 128, Swin-B stage 1: 132 vs 286 ms,
+the products' FLOPs (per-sample masks at batch 128, Swin-B stage 1: 213 vs 315 ms,
 tools/benchmarks/bias_grad.py), so there the backward accumulates per pair ("index").
 """
 from __future__ import annotations
