@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from greenmim.models import window_plans
+from greenmim.models.attention_kernel import is_aligned
 
 
 def gpu_layout(x: torch.Tensor) -> torch.Tensor:
@@ -34,13 +35,27 @@ class _Relayout(torch.autograd.Function):
         return gpu_layout(grad)
 
 
+class MaskLog(list):
+    """One entry per SDPA call with a mask: whether the kernel reads it in place ("aligned"; else
+    PyTorch pads a copy on every call), its batch size and batch stride (0: one copy for all)."""
+
+
+class CallLog(list):
+    masks: MaskLog
+
+
 @contextlib.contextmanager
 def sdpa_in_gpu_layout(monkeypatch):
-    """Window attention through SDPA (as on CUDA) with GPU output and gradient layouts."""
+    """Window attention through SDPA (as on CUDA) with GPU output and gradient layouts. Yields the
+    list of output shapes, with `.masks` (MaskLog) describing the masks passed."""
     real = F.scaled_dot_product_attention
-    calls = []
+    calls = CallLog()
+    masks = calls.masks = MaskLog()
 
     def sdpa(q, k, v, attn_mask=None, **kwargs):
+        if attn_mask is not None:  # what CUDA's memory-efficient kernel would do with this mask
+            masks.append({"aligned": is_aligned(attn_mask), "batch": attn_mask.shape[0],
+                          "batch_stride": attn_mask.stride(0)})
         q, k, v = (_Relayout.apply(t) for t in (q, k, v))
         if attn_mask is not None and attn_mask.dim() >= 3 and attn_mask.requires_grad:
             attn_mask = _Relayout.apply(attn_mask)

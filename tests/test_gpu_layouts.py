@@ -67,3 +67,45 @@ def test_the_imitation_catches_a_view_after_the_kernel(monkeypatch):
         out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
         with pytest.raises(RuntimeError, match="view size is not compatible"):
             out.view(4, 15, 8)
+
+
+@pytest.mark.parametrize("path", ["dense", "shared", "per-sample"])
+def test_swin_biases_reach_the_kernel_in_place(path, monkeypatch):
+    """What the GPU kernel is handed: every Swin mask aligned as the memory-efficient kernel reads
+    it in place (else PyTorch pads a copy of it in every block), and a batch-shared bias a
+    stride-0 view over the batch (never copied, nor saved for the backward, once per sample).
+    Window 7: 49-token windows, a size the kernel cannot read unpadded."""
+    torch.manual_seed(0)
+    enc = greenmim.build_encoder("swin_tiny", img_size=128, window_size=7, embed_dim=16,
+                                 depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
+    batch = 4
+    mask = None if path == "dense" else MaskGenerator(128, 0.75, shared=path == "shared", seed=3)(batch)
+    images = torch.randn(batch, 3, 128, 128)
+    with sdpa_in_gpu_layout(monkeypatch) as calls:
+        outs = enc(images) if mask is None else enc(images, mask)
+        sum(o.sum() for o in outs).backward()
+    assert len(calls.masks) == len(calls) == 8
+    assert all(m["aligned"] for m in calls.masks), calls.masks
+    for m in calls.masks:
+        if m["batch"] > 1:  # per-sample masks come with batch 1
+            assert m["batch_stride"] == 0, m
+
+
+def test_group_attention_reads_the_gpu_layout_with_indices_made_once_per_plan(monkeypatch):
+    """In the GPU's layout the scatter back to tokens reads the kernel's output as it lies, through
+    (slot, head) indices that each plan derives once per forward, not once per block."""
+    enc = encoder("swin_tiny")
+    mask = MaskGenerator(128, 0.75, shared=True, seed=3)(2)
+    real = window_plans.GroupPlan._head_slots
+    seen = []
+
+    def head_slots(self, num_heads, memo):
+        seen.append(memo is not None and ("head_slots", num_heads) in memo)
+        return real(self, num_heads, memo)
+
+    monkeypatch.setattr(window_plans.GroupPlan, "_head_slots", head_slots)
+    with sdpa_in_gpu_layout(monkeypatch):
+        enc(torch.randn(2, 3, 128, 128, dtype=torch.float64), mask)
+    assert len(seen) == 8  # every block scattered from the kernel's own layout
+    assert seen.count(False) <= 7  # derived at most once per plan: stages 1-3 two plans, stage 4 one
+    assert seen.count(True) >= 1

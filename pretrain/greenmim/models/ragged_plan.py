@@ -9,7 +9,7 @@ scaled_dot_product_attention are faster (see README), so this plan is opt-in the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -63,8 +63,10 @@ class RaggedPlan:
         block_mask = create_block_mask(same_window, p, None, n, n, device=dev)
         return cls(order.to(dev), inverse.to(dev), rows_s, cols_s, win_s, block_mask, window, p)
 
-    def attention(self, qkv: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """qkv [B, N, 3C] (or [B*N, 3C]) -> attention output [B, N, C] (or [B*N, C])."""
+    def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int,
+                  memo: Optional[dict] = None) -> torch.Tensor:
+        """qkv [B, N, 3C] (or [B*N, 3C]) -> attention output [B, N, C] (or [B*N, C]). table: the
+        bias table, or None (no bias). memo: unused (the group plans' interface)."""
         lead = qkv.shape[:-1]
         qkv = qkv.view(-1, self.rows.shape[1], qkv.shape[-1])
         b, n, three_c = qkv.shape
@@ -80,6 +82,7 @@ class RaggedPlan:
             return score + table[idx.clamp(0, span - 1), hh].to(score.dtype)
 
         # A shared plan (P = 1) broadcasts its block mask over the batch.
-        out = _flex_attention(qkv.device.type)(q, k, v, score_mod=add_bias, block_mask=self.block_mask)
+        out = _flex_attention(qkv.device.type)(q, k, v, score_mod=None if table is None else add_bias,
+                                               block_mask=self.block_mask)
         out = _merge_heads(out).reshape(b // p, p * n, three_c // 3)
         return out.index_select(1, self.inverse).view(*lead, three_c // 3)

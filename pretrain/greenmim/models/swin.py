@@ -22,7 +22,7 @@ from .token_layout import gather_tokens, merge_index, stage_layouts
 from .ragged_plan import RaggedPlan
 from .sparse_plans import SparsePlans
 from .static_shapes import static_shapes_for, with_static_fallback
-from .window_plans import GroupPlan, WindowPlan, compute_dtype
+from .window_plans import GroupPlan, WindowPlan, aligned_copy, compute_dtype
 
 @functools.lru_cache(maxsize=64)  # detection sees a handful of padded sizes: build each once
 def _cached_window_plan(height: int, width: int, window: int, shift: int, device: torch.device) -> WindowPlan:
@@ -113,19 +113,21 @@ class SwinStage(nn.Module):
                 continue
             tables = torch.stack([self.blocks[j].attn.relative_position_bias_table for j in ids])
             stacked = plan.pair_bias(tables)
-            for j, bias in zip(ids, stacked.to(dtype).unbind(0)):
+            # One copy for the stage, laid out as attention kernels read it in place.
+            for j, bias in zip(ids, aligned_copy(stacked, dtype).unbind(0)):
                 biases[j] = bias
         return biases
 
     def run_blocks(self, x: torch.Tensor, plans) -> torch.Tensor:
         """plans: (regular, shifted) attention plans for this stage's layout."""
         biases = self.block_biases(plans, compute_dtype(x))
+        memos = ({}, {})  # indices each plan derives once for this forward, shared by its blocks
         for block, bias in zip(self.blocks, biases):
-            plan = plans[1] if block.shifted else plans[0]
+            plan, memo = (plans[1], memos[1]) if block.shifted else (plans[0], memos[0])
             if self.grad_checkpointing and x.requires_grad:
-                x = cp.checkpoint(block, x, plan, bias, use_reentrant=False)
+                x = cp.checkpoint(block, x, plan, bias, memo, use_reentrant=False)
             else:
-                x = block(x, plan, bias)
+                x = block(x, plan, bias, memo)
         return x
 
 

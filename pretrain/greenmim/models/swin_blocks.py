@@ -32,13 +32,14 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x: torch.Tensor, plan, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plan, bias: Optional[torch.Tensor] = None,
+                memo: Optional[dict] = None) -> torch.Tensor:
         """x [B, H, W, C] or [B, N, C]; plan: WindowPlan or GroupPlan of the same layout; bias:
         this block's entry of plan.pair_bias (made once for all blocks of a stage), or None to
-        derive it here from the block's own table."""
+        derive it here from the block's own table; memo: the plan's dict for this forward."""
         if bias is None:
-            return self.proj(plan.attention(self.qkv(x), self.relative_position_bias_table, self.num_heads))
-        return self.proj(plan.attend(self.qkv(x), bias, self.num_heads))
+            return self.proj(plan.attention(self.qkv(x), self.relative_position_bias_table, self.num_heads, memo))
+        return self.proj(plan.attend(self.qkv(x), bias, self.num_heads, memo))
 
 
 class SwinBlock(nn.Module):
@@ -52,9 +53,10 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x: torch.Tensor, plan, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plan, bias: Optional[torch.Tensor] = None,
+                memo: Optional[dict] = None) -> torch.Tensor:
         """x [B, H, W, C] (dense), or the visible tokens as [B, N, C] or [B*N, C] (sparse)."""
-        x = x + self._drop_path(self.attn(self.norm1(x), plan, bias), plan)
+        x = x + self._drop_path(self.attn(self.norm1(x), plan, bias, memo), plan)
         return x + self._drop_path(self.mlp(self.norm2(x)), plan)
 
     def _drop_path(self, y: torch.Tensor, plan) -> torch.Tensor:

@@ -152,11 +152,12 @@ class GreenTwinsSVT(GreenEncoder):
         return self.patch_embeds[0](images)  # [B, H/4, W/4, C]
 
     def _run_stage(self, i: int, x: torch.Tensor, ctx) -> torch.Tensor:
+        memo = {}  # indices the stage's window plan derives once for this forward
         for j, block in enumerate(self.blocks[i]):
             if self.grad_checkpointing and x.requires_grad:
-                x = cp.checkpoint(block, x, ctx, use_reentrant=False)
+                x = cp.checkpoint(block, x, ctx, memo, use_reentrant=False)
             else:
-                x = block(x, ctx)
+                x = block(x, ctx, memo)
             if j == 0:
                 x = self.pos_block[i](x, ctx)  # PEG after the first block, as in Twins
         return x

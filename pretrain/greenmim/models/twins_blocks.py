@@ -60,12 +60,9 @@ class LocallyGroupedAttn(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, ctx) -> torch.Tensor:
-        """x [B, H, W, C] or [B, N, C] -> same shape."""
-        # The shared window plans add a relative-position bias from a table; LSA has none, so it
-        # hands them an all-zero table (the bias is then exactly 0).
-        table = x.new_zeros((2 * ctx.window - 1) ** 2, self.num_heads)
-        return self.proj(ctx.local_attention(self.qkv(x), table, self.num_heads))
+    def forward(self, x: torch.Tensor, ctx, memo: Optional[dict] = None) -> torch.Tensor:
+        """x [B, H, W, C] or [B, N, C] -> same shape. memo: see twins_plans."""
+        return self.proj(ctx.local_attention(self.qkv(x), None, self.num_heads, memo))  # no position bias
 
 
 class GlobalSubSampleAttn(nn.Module):
@@ -113,6 +110,8 @@ class TwinsBlock(nn.Module):
         self.norm2 = BlockNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x: torch.Tensor, ctx) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), ctx))
+    def forward(self, x: torch.Tensor, ctx, memo: Optional[dict] = None) -> torch.Tensor:
+        """memo: the stage's dict for this forward (LSA's plan keeps derived indices in it)."""
+        attn = self.attn(self.norm1(x), ctx, memo) if self.local else self.attn(self.norm1(x), ctx)
+        x = x + self.drop_path(attn)
         return x + self.drop_path(self.mlp(self.norm2(x)))

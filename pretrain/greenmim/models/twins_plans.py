@@ -3,7 +3,8 @@
 A Twins block asks its stage context for these:
 
     ctx.window                       LSA window size (the plans index a (2w-1)^2 bias table)
-    ctx.local_attention(qkv, table, heads)  qkv [..., 3C] -> [..., C], attention inside windows
+    ctx.local_attention(qkv, table, heads, memo)  qkv [..., 3C] -> [..., C], attention inside windows
+                                     (memo: a dict made afresh per forward, see GroupPlan.attend)
     ctx.subsample(x, conv)           kernel = stride conv for GSA's keys/values -> [B, M, C]
     ctx.key_bias                     None or additive [B, 1, 1, M] mask over GSA's keys
     ctx.depthwise(x, conv)           the PEG's depthwise 3x3 conv (same shape as x)
@@ -69,7 +70,8 @@ class DenseStage:
         visible = (~token_mask).to(device).unsqueeze(-1)
         return cls(window, plan, key_bias[:, None, None, :], visible)
 
-    def local_attention(self, qkv: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
+    def local_attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int,
+                        memo: Optional[dict] = None) -> torch.Tensor:
         return self.plan.attention(qkv, table, num_heads)
 
     def subsample(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -98,8 +100,9 @@ class SparseStage:
     backend: str = "auto"
     key_bias: Optional[torch.Tensor] = None  # every key/value cell of a visible token is visible
 
-    def local_attention(self, qkv: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
-        return self.group_plan.attention(qkv, table, num_heads)
+    def local_attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int,
+                        memo: Optional[dict] = None) -> torch.Tensor:
+        return self.group_plan.attention(qkv, table, num_heads, memo)
 
     def subsample(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         return recompute_in_backward(strided_conv, x, conv, self.kv_plan, self.backend)

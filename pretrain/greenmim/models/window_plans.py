@@ -18,6 +18,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .attention_kernel import (ATTENTION_KERNELS, aligned_copy, compute_dtype,  # noqa: F401 (public here too)
+                               set_attention_kernel, window_attention)
 from .group_bias import group_bias
 from .tensor_tree import map_tensors
 from .grouping import Grouping, pack_min_groups, plan_grouping
@@ -35,52 +37,6 @@ def _split_heads(qkv: torch.Tensor, num_heads: int):
     qkv = qkv.view(*lead, length, 3, num_heads, three_c // (3 * num_heads))
     q, k, v = qkv.movedim(-3, 0).transpose(-3, -2).unbind(0)
     return q, k, v
-
-
-# "auto": SDPA on CUDA, where the memory-efficient kernel takes an additive bias and returns its
-# gradient (PyTorch >= 2.1); on CPU a learnable bias sends SDPA to its generic math path, which
-# costs more ops than the two batched matmuls below.
-ATTENTION_KERNELS = ("auto", "sdpa", "matmul")
-_attention_kernel = "auto"
-
-
-def set_attention_kernel(kernel: str) -> None:
-    """Selects how window attention computes softmax(q k^T / sqrt(d) + bias) v (see ATTENTION_KERNELS)."""
-    global _attention_kernel
-    if kernel not in ATTENTION_KERNELS:
-        raise ValueError(f"attention kernel '{kernel}' is not one of {ATTENTION_KERNELS}")
-    _attention_kernel = kernel
-
-
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """Attention inside windows (or groups): q, k, v [B, heads, n, t, d] (n windows of t
-    tokens); bias None or additive, broadcastable to [B, heads, n, t, t] -> [B, heads, n, t, d].
-
-    One batched matmul per product with the scale folded into the bias add: the whole core is
-    bmm, add, softmax, bmm (no copies of q, k or v)."""
-    b, h, n, t, d = q.shape
-    kernel = _attention_kernel
-    if kernel == "sdpa" or (kernel == "auto" and q.is_cuda):
-        mask = None
-        if bias is not None:  # fused kernels want 4-D inputs and a mask of the same batch
-            mask = bias.to(q.dtype).expand(b, h, n, t, t).reshape(b * h, n, t, t)
-        out = F.scaled_dot_product_attention(q.reshape(b * h, n, t, d), k.reshape(b * h, n, t, d),
-                                             v.reshape(b * h, n, t, d), attn_mask=mask)
-        return out.unflatten(0, (b, h))  # any layout: callers never assume a contiguous output
-    scores = torch.bmm(q.reshape(-1, t, d), k.reshape(-1, t, d).transpose(1, 2)).view(b, h, n, t, t)
-    scale = d ** -0.5
-    scores = scores * scale if bias is None else torch.add(bias.to(scores.dtype), scores, alpha=scale)
-    out = torch.bmm(scores.softmax(-1).view(-1, t, t), v.reshape(-1, t, d))
-    return out.view(b, h, n, t, d)
-
-
-def compute_dtype(like: torch.Tensor) -> torch.dtype:
-    """The dtype attention scores have under the current autocast state (like's dtype without)."""
-    kind = like.device.type
-    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return like.dtype
 
 
 def _merge_heads(out: torch.Tensor) -> torch.Tensor:
@@ -148,20 +104,30 @@ class WindowPlan:
     def pair_bias(self, tables: torch.Tensor) -> Optional[torch.Tensor]:
         """Additive attention bias of K blocks that share this plan: tables [K, (2w-1)^2, heads]
         (or None: no relative position bias) -> [K, heads, 1, T, T], or [K, Bm, heads, nW, T, T]
-        with a mask; None when there is neither bias nor mask. One gather for the K blocks."""
+        with a mask; None when there is neither bias nor mask. One gather for the K blocks.
+        ([K, heads, nW, T, T] without a mask: a stride-0 view over the windows.)"""
         mask = None if self.attn_mask is None else self.attn_mask.movedim(2, 1)  # [Bm, 1, nW, T, T]
         if tables is None:
             return None if mask is None else mask.unsqueeze(0)
         bias = tables[:, self.rel_index].permute(0, 3, 1, 2).unsqueeze(2)        # [K, heads, 1, T, T]
-        return bias if mask is None else bias.unsqueeze(1) + mask
+        if mask is None:  # every window's entry, so that attention kernels can view heads x windows
+            return bias.expand(-1, -1, self.num_windows, -1, -1)
+        return bias.unsqueeze(1) + mask
 
-    def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
+    @property
+    def num_windows(self) -> int:
+        return -(-self.height // self.window) * -(-self.width // self.window)
+
+    def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int,
+                  memo: Optional[dict] = None) -> torch.Tensor:
         """qkv [B, H, W, 3C] -> attention output [B, H, W, C]. table: bias table or None (no bias)."""
         bias = self.pair_bias(None if table is None else table.unsqueeze(0))
         return self.attend(qkv, None if bias is None else bias[0], num_heads)
 
-    def attend(self, qkv: torch.Tensor, bias: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
-        """qkv [B, H, W, 3C], bias: one block's entry of pair_bias -> attention output [B, H, W, C]."""
+    def attend(self, qkv: torch.Tensor, bias: Optional[torch.Tensor], num_heads: int,
+               memo: Optional[dict] = None) -> torch.Tensor:
+        """qkv [B, H, W, 3C], bias: one block's entry of pair_bias -> attention output [B, H, W, C].
+        (memo: unused; the layout needs no derived indices.)"""
         b, h, w, three_c = qkv.shape
         ws = self.window
         pad_h, pad_w = -h % ws, -w % ws
@@ -225,10 +191,6 @@ class GroupPlan:
     scatter: torch.Tensor      # [P*N] slot holding each token
     slot_code: torch.Tensor    # [G, g] r*(2w-1)+c of the slot's token inside its window
     slot_window: torch.Tensor  # [G, g] window of the slot's token, -1 for padding
-    # The same permutations with slots numbered offset-major (offset * G + group): the order of
-    # CUDA's SDPA output, which group attention then reads without a copy.
-    gather_offset_major: torch.Tensor   # [g*G]
-    scatter_offset_major: torch.Tensor  # [P*N]
     window: int
     num_groups: int
     capacity: int
@@ -263,10 +225,8 @@ class GroupPlan:
         slot_win[slot_sorted] = win[order]
         dev = device if device is not None else torch.device("cpu")
         move = lambda t: t.to(dev, non_blocking=True)  # noqa: E731
-        offset_major = (scatter % g) * n_groups + scatter // g
         return cls(move(gather), move(scatter), move(code[gather].view(n_groups, g)),
-                   move(slot_win.view(n_groups, g)), move(gather.view(n_groups, g).t().reshape(-1)),
-                   move(offset_major), window, n_groups, g, p, n,
+                   move(slot_win.view(n_groups, g)), window, n_groups, g, p, n,
                    (n_groups * g - p * n) / max(p * n, 1))
 
     def pin_memory(self) -> "GroupPlan":
@@ -300,14 +260,17 @@ class GroupPlan:
             return mask.unsqueeze(0)
         return group_bias(tables, self.slot_code, self.window) + mask
 
-    def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
+    def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int,
+                  memo: Optional[dict] = None) -> torch.Tensor:
         """qkv [B, N, 3C] or [B*N, 3C] -> attention output of the same layout. table: the bias table [(2w-1)^2, heads],
-        or None for window attention without relative position bias."""
-        return self.attend(qkv, self.pair_bias(None if table is None else table.unsqueeze(0))[0], num_heads)
+        or None for window attention without relative position bias. memo: see attend."""
+        return self.attend(qkv, self.pair_bias(None if table is None else table.unsqueeze(0))[0], num_heads, memo)
 
-    def attend(self, qkv: torch.Tensor, bias: torch.Tensor, num_heads: int) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor, bias: torch.Tensor, num_heads: int,
+               memo: Optional[dict] = None) -> torch.Tensor:
         """qkv [B, N, 3C] (or [B*N, 3C]), bias: one block's entry of pair_bias -> attention output
-        [B, N, C] (or [B*N, C]).
+        [B, N, C] (or [B*N, C]). memo: a dict this plan may keep derived indices in, made afresh for
+        each forward and shared by the blocks that use the plan (None: derive them per call).
 
         The gather of the group slots also splits q, k, v and heads ([3, B/P, heads, G*g, d] from
         one index_select of a permuted view), and the scatter back reads the heads in place, so
@@ -319,15 +282,31 @@ class GroupPlan:
         slots = _SlotGather.apply(qkv.view(b // p, p * n, 3, num_heads, d), self.gather, self.scatter)
         q, k, v = slots.view(3, b // p, num_heads, g_count, g, d).unbind(0)     # [B/P, heads, G, g, d]
         out = window_attention(q, k, v, bias)                                  # [B/P, heads, G, g, d]
-        # The kernel's output layout is its own: CUDA's SDPA lays it out offset-major ([.., g, G, d]
-        # in memory), which the scatter reads as it lies; any other layout is flattened
-        # group-major (a copy only when needed). Never a view that assumes one layout.
-        if not out.is_contiguous() and out.transpose(2, 3).is_contiguous():
-            tokens = _SlotScatter.apply(out.transpose(2, 3).flatten(2, 3), self.scatter_offset_major,
-                                        self.gather_offset_major)
+        # The kernel's output layout is its own: CUDA's SDPA lays it out [B/P, g, heads, G, d] in
+        # memory, which the scatter reads as it lies through (slot, head) indices; any other layout
+        # is flattened group-major (a copy only when needed). Never a view that assumes one layout.
+        slot_major = out.permute(0, 3, 1, 2, 4)
+        if not out.is_contiguous() and slot_major.is_contiguous():
+            tokens = _SlotScatter.apply(slot_major.view(b // p, -1, d), *self._head_slots(num_heads, memo))
         else:
             tokens = _SlotScatter.apply(out.flatten(2, 3), self.scatter, self.gather)
         return tokens.view(*qkv.shape[:-1], three_c // 3)
+
+    def _head_slots(self, num_heads: int, memo: Optional[dict]):
+        """(scatter, gather) over [g * heads * G] (offset, head, group) entries: the position of
+        every (token, head) pair, [P*N*heads], and the token-head feeding every entry (padding:
+        token 0's), made once per forward when a memo is given."""
+        key = ("head_slots", num_heads)
+        if memo is not None and key in memo:
+            return memo[key]
+        h, groups, g = num_heads, self.num_groups, self.capacity
+        heads = torch.arange(h, device=self.scatter.device)
+        group, offset = self.scatter // g, self.scatter % g
+        scatter = ((offset[:, None] * h + heads) * groups + group[:, None]).flatten()
+        gather = (self.gather.view(groups, g).t()[:, None, :] * h + heads[:, None]).flatten()
+        if memo is not None:
+            memo[key] = (scatter, gather)
+        return scatter, gather
 
 
 # Gather and scatter are inverse permutations on the real tokens, so each one's backward is the
@@ -350,16 +329,21 @@ class _SlotGather(torch.autograd.Function):
 
 
 class _SlotScatter(torch.autograd.Function):
-    """out [B', heads, G*g, d] -> tokens [B', P*N, heads, d] (contiguous)."""
+    """out [B', heads, G*g, d] -> tokens [B', P*N, heads, d] (contiguous); or, with (slot, head)
+    indices, out [B', g*heads*G, d] -> [B', P*N*heads, d]."""
 
     @staticmethod
     def forward(ctx, out, scatter, gather):
         ctx.save_for_backward(gather)
+        if out.dim() == 3:
+            return out.index_select(1, scatter)
         return out.transpose(1, 2).index_select(1, scatter)
 
     @staticmethod
     def backward(ctx, grad):
         (gather,) = ctx.saved_tensors
+        if grad.dim() == 3:
+            return grad.index_select(1, gather), None, None
         return grad.transpose(1, 2).index_select(2, gather), None, None
 
 
