@@ -21,7 +21,9 @@ Measured, each case with dense and green steps alternated in one process (median
   * the loader per decoding path and pretraining end to end from JPEG files (gpu_data_rows.py).
 The masks' plans are made ahead on the host, as the training loader's workers make them, so the
 timed step is what the GPU runs. Needs torch, timm, numpy, pyyaml (no detectron2, no fvcore).
-Cases run in priority order and are skipped (and listed) once --budget-s is spent.
+Tasks run in priority order (tasks() below: Swin-B captured / eager shared, captured per-sample,
+end to end and loader, Twins captured, the official code, ...) and are skipped (and listed) once
+--budget-s is spent; the files are rewritten after every task, so a hard stop keeps what was done.
 """
 from __future__ import annotations
 
@@ -223,6 +225,106 @@ def sdpa_bias_grad_check(device) -> dict:
             "bias_grad_rel_diff": float((grads["sdpa"][1] - grads["matmul"][1]).norm() / grads["matmul"][1].norm())}
 
 
+def run_case(ctx: dict, name: str, arch: str, mode: str, per_sample: bool, enc_kw: dict) -> None:
+    """One step case: dense and green alternated, captured == eager, a profile while time is left."""
+    s, device, args = ctx["s"], ctx["device"], ctx["args"]
+    t0 = time.perf_counter()
+    cases = {kind: Case(kind, arch, s, device, per_sample, mode, **enc_kw) for kind in ("dense", "green")}
+    timed = interleave(cases, args.iters, args.warmup)
+    row = {"case": name, "arch": arch, "mode": mode, "per_sample": per_sample, "batch": s["batch"],
+           "dense_s": timed["dense"]["s_per_step"], "green_s": timed["green"]["s_per_step"],
+           "dense_peak_mb": timed["dense"]["peak_mb"], "green_peak_mb": timed["green"]["peak_mb"],
+           "plan_ms_per_step": 1000 * statistics.median(cases["green"].plan_s),
+           "fallback_masks": cases["green"].fallback_masks, "wall_s": None}
+    row["speedup"] = row["dense_s"] / row["green_s"]
+    row["green_img_per_s"] = s["batch"] / row["green_s"]
+    row["dense_img_per_s"] = s["batch"] / row["dense_s"]
+    if row["dense_peak_mb"]:
+        row["mem_reduction"] = 1 - row["green_peak_mb"] / row["dense_peak_mb"]
+    if mode != "eager":
+        ref = Case("green", arch, s, device, per_sample, "eager", **enc_kw)
+        row["green_vs_eager"] = equal_to_eager(cases["green"], ref)
+        del ref
+    if mode == "cuda_graphs":
+        row["graphs_recorded"] = len(cases["green"].graphed.graphs)
+    if not ctx["over_budget"]():
+        ctx["profiles"].append(f"## {name}: green\n\n```\n{profile_table(cases['green'])}\n```\n")
+        if mode == "eager":
+            ctx["profiles"].append(f"## {name}: dense\n\n```\n{profile_table(cases['dense'])}\n```\n")
+    row["wall_s"] = time.perf_counter() - t0
+    ctx["results"]["cases"].append(row)
+    print(json.dumps(row), flush=True)
+
+
+def run_official(ctx: dict) -> None:
+    from official_side_by_side import main as official_main
+    args = ctx["args"]
+    path = os.path.join(args.work, "official.json")
+    official_main(["--official", args.official, "--device", str(ctx["device"]), "--batch-size", str(ctx["s"]["batch"]),
+                   "--iters", str(args.iters), "--warmup", str(args.warmup), "--json", path])
+    with open(path) as f:
+        ctx["results"]["official"] = json.load(f)["rows"]
+
+
+def run_end_to_end(ctx: dict) -> None:
+    s, device, args, results = ctx["s"], ctx["device"], ctx["args"], ctx["results"]
+    e2e = end_to_end(s["batch"], ctx["workers"], str(device), 4 if args.tiny else 250,
+                     os.path.join(args.work, "end_to_end"), args.tiny)
+    step = next((c for c in results["cases"] if c["case"] == f"swin {ctx['captured']} shared"), None)
+    if step:  # the first case's figure: the step on images already on the device
+        e2e["step_img_per_s"] = step["green_img_per_s"]
+        e2e["fraction_of_step"] = e2e["img_per_s"] / step["green_img_per_s"]
+    results["end_to_end"] = e2e
+
+
+def tasks(ctx: dict) -> List[tuple]:
+    """(name, callable) in priority order: what the open questions need first, the rest while the
+    budget lasts. On a CPU "captured" is torch.compile, so the extra compiled rows are CUDA-only."""
+    s, device, results = ctx["s"], ctx["device"], ctx["results"]
+    cuda, cap = device.type == "cuda", ctx["captured"]
+    swin, large = (s["arch"], s["enc"]), (s["arch_large"], s["enc_large"])
+    twins = ("twins_svt_base", {**s["twins"], "conv_backend": "torch"})
+
+    def case(name, model, mode, per_sample):
+        return name, lambda: run_case(ctx, name, model[0], mode, per_sample, model[1])
+
+    def put(key, fn):
+        return lambda: results.__setitem__(key, fn())
+
+    return [
+        case(f"swin {cap} shared", swin, cap, False),
+        case("swin eager shared", swin, "eager", False),
+        case(f"swin {cap} per-sample", swin, cap, True),
+        ("end to end", lambda: run_end_to_end(ctx)),
+        ("loader", put("loader", lambda: loader_rows(s["img"], s["batch"], ctx["workers"], str(device),
+                                                     s["arch"], ctx["args"].tiny))),
+        case(f"twins {cap} shared", twins, cap, False),
+        *([("official", lambda: run_official(ctx))] if ctx["args"].official else []),
+        case("swin eager per-sample", swin, "eager", True),
+        *([("largest batch", put("largest_batch", lambda: {k: largest_batch(k, s, device, s["batch"])
+                                                            for k in ("dense", "green")}))] if cuda else []),
+        case(f"swin-L w14 {cap} shared", large, cap, False),
+        *([("sdpa check", lambda: results["checks"].__setitem__("sdpa_bias_grad", sdpa_bias_grad_check(device)))]
+          if cuda else []),
+        case("twins eager shared", twins, "eager", False),
+        case(f"twins {cap} per-sample", twins, cap, True),
+        *([case("swin compiled shared", swin, "compiled", False),
+           case("swin compiled per-sample", swin, "compiled", True)] if cuda else []),
+    ]
+
+
+def save(results: dict, profiles: List[str], out: str, start: float) -> None:
+    """The files as they stand: written after every task, so a hard stop keeps what was measured."""
+    results["wall_s"] = time.perf_counter() - start
+    tmp = os.path.join(out, "gpu_results.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, os.path.join(out, "gpu_results.json"))
+    write_report(results, os.path.join(out, "gpu_results.md"))
+    with open(os.path.join(out, "gpu_profiles.md"), "w") as f:  # one file: $OUT returns 8 at most
+        f.write(f"# Top ops per step case ({results['device']}, 3 steps each)\n\n" + "\n".join(profiles))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -235,113 +337,25 @@ def main(argv=None) -> int:
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                      "torch": torch.__version__, "setting": {k: v for k, v in s.items() if k not in ("twins", "enc_large")},
                      "cases": [], "checks": {}, "skipped": [], "errors": []}
-    captured = "cuda_graphs" if device.type == "cuda" else "compiled"
-    twins = ("twins_svt_base", {**s["twins"], "conv_backend": "torch"})
-    # Priority order: what the README's table needs first, the rest while the budget lasts.
-    plan: List[tuple] = [
-        (f"swin {captured} shared", s["arch"], captured, False, s["enc"]),
-        ("swin eager shared", s["arch"], "eager", False, s["enc"]),
-        (f"swin {captured} per-sample", s["arch"], captured, True, s["enc"]),
-        ("swin eager per-sample", s["arch"], "eager", True, s["enc"]),
-        (f"twins {captured} shared", *twins[:1], captured, False, twins[1]),
-        ("twins eager shared", *twins[:1], "eager", False, twins[1]),
-        (f"twins {captured} per-sample", *twins[:1], captured, True, twins[1]),
-    ]
-    if device.type == "cuda":
-        plan += [("swin compiled shared", s["arch"], "compiled", False, s["enc"]),
-                 ("swin compiled per-sample", s["arch"], "compiled", True, s["enc"])]
-    plan.append((f"swin-L w14 {captured} shared", s["arch_large"], captured, False, s["enc_large"]))
-
-    profiles: List[str] = []
-
-    def over_budget():
-        return time.perf_counter() - start > args.budget_s
-
-    for i, (name, arch, mode, per_sample, enc_kw) in enumerate(plan):
-        if i > 0 and over_budget():  # the first case always runs
+    ctx = {"args": args, "s": s, "device": device, "results": results, "profiles": [],
+           "captured": "cuda_graphs" if device.type == "cuda" else "compiled",
+           "workers": max(1, min(8, (os.cpu_count() or 2) - 1)),
+           "over_budget": lambda: time.perf_counter() - start > args.budget_s}
+    for i, (name, fn) in enumerate(tasks(ctx)):
+        if i > 0 and ctx["over_budget"]():  # the first task always runs
             results["skipped"].append(name)
             continue
+        print(f"[gpu_suite {time.perf_counter() - start:.0f} s] {name}", flush=True)
         try:
-            t0 = time.perf_counter()
-            cases = {kind: Case(kind, arch, s, device, per_sample, mode, **enc_kw) for kind in ("dense", "green")}
-            timed = interleave(cases, args.iters, args.warmup)
-            row = {"case": name, "arch": arch, "mode": mode, "per_sample": per_sample, "batch": s["batch"],
-                   "dense_s": timed["dense"]["s_per_step"], "green_s": timed["green"]["s_per_step"],
-                   "dense_peak_mb": timed["dense"]["peak_mb"], "green_peak_mb": timed["green"]["peak_mb"],
-                   "plan_ms_per_step": 1000 * statistics.median(cases["green"].plan_s),
-                   "fallback_masks": cases["green"].fallback_masks, "wall_s": None}
-            row["speedup"] = row["dense_s"] / row["green_s"]
-            row["green_img_per_s"] = s["batch"] / row["green_s"]
-            row["dense_img_per_s"] = s["batch"] / row["dense_s"]
-            if row["dense_peak_mb"]:
-                row["mem_reduction"] = 1 - row["green_peak_mb"] / row["dense_peak_mb"]
-            if mode != "eager":
-                ref = Case("green", arch, s, device, per_sample, "eager", **enc_kw)
-                row["green_vs_eager"] = equal_to_eager(cases["green"], ref)
-                del ref
-            if mode == "cuda_graphs":
-                row["graphs_recorded"] = len(cases["green"].graphed.graphs)
-            if not over_budget():
-                profiles.append(f"## {name}: green\n\n```\n{profile_table(cases['green'])}\n```\n")
-                if mode == "eager":
-                    profiles.append(f"## {name}: dense\n\n```\n{profile_table(cases['dense'])}\n```\n")
-            row["wall_s"] = time.perf_counter() - t0
-            results["cases"].append(row)
-            print(json.dumps(row), flush=True)
-        except Exception as e:  # noqa: BLE001 - one failing case must not lose the others' figures
+            fn()
+        except Exception as e:  # noqa: BLE001 - one failing task must not lose the others' figures
             results["errors"].append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             print("error:", results["errors"][-1], flush=True)
         finally:
-            cases = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    if device.type == "cuda" and not over_budget():
-        try:
-            results["checks"]["sdpa_bias_grad"] = sdpa_bias_grad_check(device)
-        except Exception as e:  # noqa: BLE001
-            results["errors"].append(f"sdpa check: {type(e).__name__}: {e}")
-    if device.type == "cuda" and not over_budget():
-        try:
-            results["largest_batch"] = {k: largest_batch(k, s, device, s["batch"]) for k in ("dense", "green")}
-        except Exception as e:  # noqa: BLE001
-            results["errors"].append(f"largest batch: {type(e).__name__}: {e}")
-    if args.official and not over_budget():
-        try:
-            from official_side_by_side import main as official_main
-            path = os.path.join(args.work, "official.json")
-            official_main(["--official", args.official, "--device", str(device), "--batch-size", str(s["batch"]),
-                           "--iters", str(args.iters), "--warmup", str(args.warmup), "--json", path])
-            with open(path) as f:
-                results["official"] = json.load(f)["rows"]
-        except Exception as e:  # noqa: BLE001
-            results["errors"].append(f"official: {type(e).__name__}: {e}")
-    workers = max(1, min(8, (os.cpu_count() or 2) - 1))
-    if not over_budget():
-        try:
-            results["loader"] = loader_rows(s["img"], s["batch"], workers, str(device), s["arch"], args.tiny)
-        except Exception as e:  # noqa: BLE001
-            results["errors"].append(f"loader: {type(e).__name__}: {e}")
-    else:
-        results["skipped"].append("loader")
-    if not over_budget():
-        try:
-            e2e = end_to_end(s["batch"], workers, str(device), 4 if args.tiny else 250,
-                             os.path.join(args.work, "end_to_end"), args.tiny)
-            step = next((c for c in results["cases"] if c["case"] == f"swin {'cuda_graphs' if device.type == 'cuda' else 'compiled'} shared"), None)
-            if step:
-                e2e["step_img_per_s"] = step["green_img_per_s"]
-                e2e["fraction_of_step"] = e2e["img_per_s"] / step["green_img_per_s"]
-            results["end_to_end"] = e2e
-        except Exception as e:  # noqa: BLE001
-            results["errors"].append(f"end to end: {type(e).__name__}: {e}")
-    else:
-        results["skipped"].append("end to end")
-    results["wall_s"] = time.perf_counter() - start
-    with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    write_report(results, os.path.join(args.out, "gpu_results.md"))
-    with open(os.path.join(args.out, "gpu_profiles.md"), "w") as f:  # one file: $OUT returns 8 at most
-        f.write(f"# Top ops per step case ({results['device']}, 3 steps each)\n\n" + "\n".join(profiles))
+            save(results, ctx["profiles"], args.out, start)
+    save(results, ctx["profiles"], args.out, start)  # with the skipped list complete
     print(f"wrote {args.out}/gpu_results.json and gpu_results.md in {results['wall_s']:.0f} s", flush=True)
     return 1 if results["errors"] else 0
 
