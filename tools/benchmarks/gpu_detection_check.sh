@@ -12,8 +12,13 @@
 # scripts/install_detectron2.sh, the project's one offline route.
 #   OUT=/tmp/d bash tools/benchmarks/gpu_detection_check.sh                       # CUDA
 #   DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/d bash tools/benchmarks/gpu_detection_check.sh
-# Variables: PYTHON (python3), DEVICE (cuda), WHL (.whl), SITE (/tmp/site), WORK (/tmp/...);
-# extra arguments go to gpu_detection_check.py (e.g. --iters 50 --batch-size 16).
+# Variables: PYTHON (python3), DEVICE (cuda), WHL (.whl), SITE (/tmp/site), WORK (/tmp/...),
+# MAX_JOBS (nproc; the detectron2 build's compile jobs); extra arguments go to
+# gpu_detection_check.py (e.g. --iters 50 --batch-size 16).
+# Two halves, for a caller that builds early (gpu_run.sh, during the timed suite, niced): with
+# SETUP_ONLY=1 it stops after the set-up (a failed set-up still writes its FAIL row), recording it in
+# $WORK/setup.done; SKIP_SETUP=1 then runs only the check, with what setup.done says (the same
+# WORK and SITE). Without either, both run as one.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -26,7 +31,8 @@ HELPER="$ROOT/tools/benchmarks/gpu_detection_check.py"
 PY="$(command -v "${PYTHON:-python3}")" || { echo "error: no ${PYTHON:-python3} on PATH" >&2; exit 2; }
 mkdir -p "$OUT" "$WORK"
 SETUP_LOG="$WORK/setup.log"
-: > "$SETUP_LOG"
+SETUP_DONE="$WORK/setup.done"  # line 1: set-up seconds, line 2: how detectron2 got here
+[ "${SKIP_SETUP:-0}" = 1 ] || : > "$SETUP_LOG"
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 # The reason in one line, the most specific first: the compiler's first error, the last Python
@@ -51,6 +57,15 @@ print(" ".join(n for n in need if importlib.util.find_spec(n) is None))
 EOF
 )" || fail "$PY does not run"
 [ -z "$missing" ] || fail "$PY lacks $missing, which the check expects the machine to have"
+
+if [ "${SKIP_SETUP:-0}" = 1 ]; then
+  [ -f "$SETUP_DONE" ] || fail "no finished set-up in $WORK (SKIP_SETUP=1 needs a SETUP_ONLY=1 run first)"
+  { read -r setup_s; read -r setup; } < "$SETUP_DONE"
+  echo "[detection check] set-up done before: $setup in ${setup_s} s"
+  exec "$PY" "$HELPER" --out "$OUT" --device "$DEVICE" --work-dir "$WORK/run" --setup "$setup" \
+    --setup-s "$setup_s" --setup-log "$SETUP_LOG" "$@"
+fi
+rm -f "$SETUP_DONE"
 
 t0=$(date +%s)
 if "$PY" -c "import detectron2" >/dev/null 2>&1; then
@@ -84,13 +99,15 @@ else
   mkdir -p "$D2ENV/bin"
   printf '#!/bin/sh\nexec "%s" "$@"\n' "$PY" > "$D2ENV/bin/python"
   chmod +x "$D2ENV/bin/python"
-  VENV="$D2ENV" MAX_JOBS="$(nproc)" PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHL" PIP_TARGET="$SITE" PIP_UPGRADE=1 \
+  VENV="$D2ENV" MAX_JOBS="${MAX_JOBS:-$(nproc)}" PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHL" PIP_TARGET="$SITE" PIP_UPGRADE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 bash "$ROOT/scripts/install_detectron2.sh" >> "$SETUP_LOG" 2>&1 \
     || fail "detectron2 did not build: $(reason)"
   setup="detectron2 $("$PY" -c 'import detectron2; print(detectron2.__version__)' 2>/dev/null) built here"
 fi
 setup_s=$(( $(date +%s) - t0 ))
 echo "[detection check] $setup in ${setup_s} s" | tee -a "$SETUP_LOG"
+printf '%s\n%s\n' "$setup_s" "$setup" > "$SETUP_DONE"
+[ "${SETUP_ONLY:-0}" = 1 ] && exit 0
 
 "$PY" "$HELPER" --out "$OUT" --device "$DEVICE" --work-dir "$WORK/run" --setup "$setup" --setup-s "$setup_s" \
   --setup-log "$SETUP_LOG" "$@"
