@@ -49,11 +49,29 @@ def is_aligned(x: torch.Tensor) -> bool:
 
 def aligned_copy(x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """A copy of x (in dtype) whose storage rows are padded to BIAS_ALIGNMENT elements: the same
-    shape and values, and is_aligned (differentiable like x.to(dtype))."""
-    last = x.shape[-1]
+    shape and values, and is_aligned. Differentiable like x.to(dtype): one copy forward, and a
+    backward that only converts the dtype back (a copy into a slice would clone the padded
+    gradient and copy it again)."""
+    return _AlignedCopy.apply(x, dtype or x.dtype)
+
+
+def aligned_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """An uninitialised tensor of `shape` that is_aligned (its rows padded in storage)."""
+    *lead, last = shape
     padded = -(-last // BIAS_ALIGNMENT) * BIAS_ALIGNMENT
-    out = x.new_empty((*x.shape[:-1], padded), dtype=dtype or x.dtype)[..., :last]
-    return out.copy_(x)
+    return torch.empty((*lead, padded), dtype=dtype, device=device)[..., :last]
+
+
+class _AlignedCopy(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.dtype = x.dtype
+        return aligned_empty(x.shape, dtype, x.device).copy_(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(ctx.dtype), None
 
 
 def sdpa_mask(bias: torch.Tensor, b: int, h: int, n: int, t: int, dtype: torch.dtype) -> torch.Tensor:

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
+
+from .attention_kernel import BIAS_ALIGNMENT
 
 
 def num_codes(window: int) -> int:
@@ -45,24 +49,41 @@ def _pairs_to_rows(window: int, device: torch.device, dtype: torch.dtype) -> tor
 BACKWARDS = ("auto", "matmul", "index")
 
 
-def group_bias(tables: torch.Tensor, slot_code: torch.Tensor, window: int, backward: str = "auto") -> torch.Tensor:
+def group_bias(tables: torch.Tensor, slot_code: torch.Tensor, window: int, backward: str = "auto",
+               mask: Optional[torch.Tensor] = None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """tables [K, (2w-1)^2, heads] (K blocks sharing a plan), slot_code long [G, g] ->
-    pair bias [K, heads, G, g, g] (cross-window and padding pairs get some row; they are masked).
+    pair bias [K, heads, G, g, g] (cross-window and padding pairs get some row; they are masked),
+    plus `mask` (additive, broadcastable, no gradient) when given, in `dtype` (default: the
+    tables'), stored as attention kernels read it in place (attention_kernel.aligned_copy).
     backward: "matmul", "index" or "auto" (matmul except on a CPU; see the module docstring)."""
     if backward not in BACKWARDS:
         raise ValueError(f"group bias backward {backward!r} is not one of {BACKWARDS}")
-    return _GroupBias.apply(tables, slot_code, window, backward)
+    return _GroupBias.apply(tables, slot_code, window, backward, mask, dtype or tables.dtype)
+
+
+# The matmul backward wants the gradient laid out [G, g (query), K, heads, g (key)] in memory: the
+# first product then reads it as [G, g*K*heads, g] and its result is already [G*g, K*heads*U],
+# the second product's operand, so neither needs a transposed copy. The conversion to float32 that
+# the backward makes anyway writes that layout.
+_GRAD_ORDER = (2, 3, 0, 1, 4)
 
 
 class _GroupBias(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, tables, slot_code, window, backward):
+    def forward(ctx, tables, slot_code, window, backward, mask, dtype):
         ctx.save_for_backward(slot_code)
         ctx.window, ctx.table_dtype = window, tables.dtype
         ctx.matmul = backward == "matmul" or (backward == "auto" and tables.device.type != "cpu")
-        rel = slot_code[:, :, None] - slot_code[:, None, :] + (num_codes(window) - 1)   # [G, g, g]
-        return tables[:, rel].permute(0, 4, 1, 2, 3)                                   # [K, h, G, g, g]
+        k, groups, g = tables.shape[0], *slot_code.shape
+        # Gathered straight into the layout attention kernels read in place: key codes padded
+        # with code 0 (any valid row) to rows of BIAS_ALIGNMENT, the padding then sliced off.
+        key_code = F.pad(slot_code, (0, -g % BIAS_ALIGNMENT))
+        rel = slot_code[:, :, None] - key_code[:, None, :] + (num_codes(window) - 1)   # [G, g, g']
+        by_head = tables.to(dtype).transpose(1, 2)                                     # [K, h, rows]
+        out = by_head.index_select(2, rel.flatten()).view(k, -1, groups, g, rel.shape[-1])[..., :g]
+        # In place, exact: the mask holds only 0 and -inf.
+        return out if mask is None else out.add_(mask)                                 # [K, h, G, g, g]
 
     @staticmethod
     def backward(ctx, grad):
@@ -75,7 +96,7 @@ class _GroupBias(torch.autograd.Function):
             acc = torch.promote_types(grad.dtype, torch.float32)
             per_row = grad.permute(0, 2, 3, 4, 1).reshape(k, -1, heads).to(acc)
             grad_tables = per_row.new_zeros(k, rows, heads).index_add_(1, rel.flatten(), per_row)
-            return grad_tables.to(ctx.table_dtype), None, None, None
+            return grad_tables.to(ctx.table_dtype), None, None, None, None, None
         work = torch.float64 if grad.dtype == torch.float64 else torch.float32
         kind = grad.device.type
         no_autocast = (torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind)
@@ -83,10 +104,11 @@ class _GroupBias(torch.autograd.Function):
         with no_autocast:
             # A comparison, not F.one_hot, which reads the codes' range on the host (a sync).
             onehot = (code[..., None] == torch.arange(u, device=code.device)).to(work)   # [G, g, U]
-            by_group = grad.to(work).permute(2, 0, 1, 3, 4).reshape(groups, k * heads * g, g)
-            per_key = torch.bmm(by_group, onehot)                                     # [G, Kh*g, U]
-            per_key = per_key.view(groups, k * heads, g, u).transpose(1, 2).reshape(groups * g, k * heads * u)
+            laid_out = torch.empty_permuted(grad.shape, _GRAD_ORDER, dtype=work, device=grad.device)
+            by_group = laid_out.copy_(grad).permute(_GRAD_ORDER).reshape(groups, g * k * heads, g)
+            per_key = torch.bmm(by_group, onehot).view(groups * g, k * heads * u)      # [G*g, Kh*U]
             per_pair = onehot.view(groups * g, u).t() @ per_key                        # [U, Kh*U]
             per_pair = per_pair.view(u, k * heads, u).transpose(0, 1).reshape(k * heads, u * u)
-            grad_tables = per_pair @ _pairs_to_rows(ctx.window, grad.device, work)              # [Kh, rows]
-        return grad_tables.view(k, heads, rows).transpose(1, 2).to(ctx.table_dtype), None, None, None
+            grad_tables = per_pair @ _pairs_to_rows(ctx.window, grad.device, work)     # [Kh, rows]
+        grad_tables = grad_tables.view(k, heads, rows).transpose(1, 2).to(ctx.table_dtype)
+        return grad_tables, None, None, None, None, None

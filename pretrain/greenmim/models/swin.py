@@ -22,7 +22,7 @@ from .token_layout import gather_tokens, merge_index, stage_layouts
 from .ragged_plan import RaggedPlan
 from .sparse_plans import SparsePlans
 from .static_shapes import static_shapes_for, with_static_fallback
-from .window_plans import GroupPlan, WindowPlan, aligned_copy, compute_dtype
+from .window_plans import GroupPlan, WindowPlan, compute_dtype
 
 @functools.lru_cache(maxsize=64)  # detection sees a handful of padded sizes: build each once
 def _cached_window_plan(height: int, width: int, window: int, shift: int, device: torch.device) -> WindowPlan:
@@ -112,9 +112,7 @@ class SwinStage(nn.Module):
             if not ids or not hasattr(plan, "pair_bias"):  # ragged plans add the bias in-kernel
                 continue
             tables = torch.stack([self.blocks[j].attn.relative_position_bias_table for j in ids])
-            stacked = plan.pair_bias(tables)
-            # One copy for the stage, laid out as attention kernels read it in place.
-            for j, bias in zip(ids, aligned_copy(stacked, dtype).unbind(0)):
+            for j, bias in zip(ids, plan.pair_bias(tables, dtype).unbind(0)):
                 biases[j] = bias
         return biases
 

@@ -101,18 +101,22 @@ class WindowPlan:
             attn_mask = _allowed_to_additive(allowed).unsqueeze(2)
         return cls(height, width, window, shift, rel, attn_mask)
 
-    def pair_bias(self, tables: torch.Tensor) -> Optional[torch.Tensor]:
+    def pair_bias(self, tables: torch.Tensor, dtype: Optional[torch.dtype] = None) -> Optional[torch.Tensor]:
         """Additive attention bias of K blocks that share this plan: tables [K, (2w-1)^2, heads]
         (or None: no relative position bias) -> [K, heads, 1, T, T], or [K, Bm, heads, nW, T, T]
         with a mask; None when there is neither bias nor mask. One gather for the K blocks.
-        ([K, heads, nW, T, T] without a mask: a stride-0 view over the windows.)"""
+        ([K, heads, nW, T, T] without a mask.) With a dtype: in it, laid out as attention kernels
+        read it in place."""
         mask = None if self.attn_mask is None else self.attn_mask.movedim(2, 1)  # [Bm, 1, nW, T, T]
         if tables is None:
-            return None if mask is None else mask.unsqueeze(0)
-        bias = tables[:, self.rel_index].permute(0, 3, 1, 2).unsqueeze(2)        # [K, heads, 1, T, T]
-        if mask is None:  # every window's entry, so that attention kernels can view heads x windows
-            return bias.expand(-1, -1, self.num_windows, -1, -1)
-        return bias.unsqueeze(1) + mask
+            bias = None if mask is None else mask.unsqueeze(0)
+        else:
+            bias = tables[:, self.rel_index].permute(0, 3, 1, 2).unsqueeze(2)    # [K, heads, 1, T, T]
+            if mask is None:  # every window's entry, so that attention kernels view heads x windows
+                bias = bias.expand(-1, -1, self.num_windows, -1, -1)
+            else:
+                bias = bias.unsqueeze(1) + mask
+        return bias if bias is None or dtype is None else aligned_copy(bias, dtype)
 
     @property
     def num_windows(self) -> int:
@@ -252,13 +256,14 @@ class GroupPlan:
         self_only = torch.eye(self.capacity, dtype=torch.bool, device=win.device)
         return torch.where(same | self_only, 0.0, float("-inf")).to(torch.float32).unsqueeze(1)
 
-    def pair_bias(self, tables: Optional[torch.Tensor]) -> torch.Tensor:
+    def pair_bias(self, tables: Optional[torch.Tensor], dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """Bias + window mask of K blocks that share this plan: tables [K, (2w-1)^2, heads] (None:
-        no relative position bias) -> [K, heads, G, g, g]. One gather for the K blocks."""
+        no relative position bias) -> [K, heads, G, g, g] in dtype (default: the tables'), laid
+        out as attention kernels read it in place. One gather for the K blocks."""
         mask = self.attn_mask.transpose(0, 1)                                   # [1, G, g, g]
         if tables is None:
-            return mask.unsqueeze(0)
-        return group_bias(tables, self.slot_code, self.window) + mask
+            return mask.unsqueeze(0) if dtype is None else aligned_copy(mask.unsqueeze(0), dtype)
+        return group_bias(tables, self.slot_code, self.window, mask=mask, dtype=dtype)
 
     def attention(self, qkv: torch.Tensor, table: Optional[torch.Tensor], num_heads: int,
                   memo: Optional[dict] = None) -> torch.Tensor:
