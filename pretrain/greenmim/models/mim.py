@@ -38,11 +38,11 @@ def unpatchify(units: torch.Tensor, grid: Tuple[int, int], unit: int = MASK_UNIT
     return x.reshape(b, c, rows * unit, cols * unit)
 
 
-def unit_statistics(images: torch.Tensor, unit: int = MASK_UNIT, eps: float = 1e-6):
-    """Per-unit mean and std (over its unit*unit*C values) -> ([B, L, 1], [B, L, 1])."""
-    target = patchify(images.float(), unit)
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
+def unit_statistics(images: torch.Tensor, unit: int = MASK_UNIT, eps: float = 1e-6, units=None):
+    """Per-unit mean and std (over its unit*unit*C values) -> ([B, L, 1], [B, L, 1]).
+    `units`: patchify(images.float(), unit) when the caller has it already (saves a copy)."""
+    target = patchify(images.float(), unit) if units is None else units
+    var, mean = torch.var_mean(target, dim=-1, keepdim=True)
     return mean, (var + eps).sqrt()
 
 
@@ -55,7 +55,7 @@ def masked_unit_mse(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor
     """
     target = patchify(images.float(), unit)
     if norm_pix:
-        mean, std = unit_statistics(images, unit)
+        mean, std = unit_statistics(images, unit, units=target)
         target = (target - mean) / std
     per_unit = (pred.float() - target).pow(2).mean(dim=-1)
     weight = mask.flatten(1).to(per_unit.dtype)
