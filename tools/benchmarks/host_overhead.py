@@ -30,7 +30,7 @@ import greenmim
 from greenmim.data.masking import MaskGenerator
 from greenmim.models.mim import GreenMIM
 from greenmim.models import window_plans
-from greenmim.models.attention_kernel import is_aligned
+from greenmim.models.attention_kernel import BIAS_ALIGNMENT, is_aligned
 from greenmim.models.simmim import SimMIM
 from greenmim.models.tensor_tree import plans_to
 
@@ -68,7 +68,7 @@ class _MemEfficientAttention(torch.autograd.Function):
         ctx.shapes = (q.shape, k.shape, v.shape)
         ctx.mask_shape = None if mask is None else mask.shape
         if mask is not None and not is_aligned(mask):
-            padded = F.pad(mask, (0, -mask.shape[-1] % 8))
+            padded = F.pad(mask, (0, -mask.shape[-1] % BIAS_ALIGNMENT))
             _MemEfficientAttention.padded_bytes += padded.numel() * padded.element_size()
         return q.new_empty(q.shape)
 
