@@ -6,7 +6,7 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -16,6 +16,7 @@ from ..data.masking import MaskGenerator, UnitMask
 from ..data.seeds import step_seed  # noqa: F401 (finetune_epoch imports it from here)
 from . import dist as gdist
 from .. import faults
+from .late_check import StepOutcome, gated_step, supports_late_check
 from .logger import TrainLogger
 from .checkpoint import unwrap
 from .optim import set_lr
@@ -51,6 +52,9 @@ class StepConfig:
     # (images, mask, plans) -> detached loss, gradients left in p.grad (cuda_graph.GraphedStep);
     # None: forward under autocast + backward here
     forward_backward: Optional[Callable] = None
+    # read each step's loss and gradient norm on the host during the next step, the update gated
+    # on the device (late_check.py); used where the optimiser supports it, else one sync per step
+    late_checks: bool = True
 
     @classmethod
     def from_config(cls, cfg: dict, micro_batch: int, steps_per_epoch: int, lr: float,
@@ -112,8 +116,11 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
 
     Each optimiser step: seed the global RNG, set the lr, run accum_iter micro-batches
     (forward under autocast on CUDA, loss / accum_iter backward, DDP sync on the last only),
-    check the loss over all processes is finite, clip, step. `on_step(state)` runs after every
-    step (periodic checkpoints). Returns True when the epoch finished, False when max_steps hit.
+    check the loss over all processes and the gradient norm are finite, clip, step. With a fused
+    AdamW and no GradScaler the check is read on the host during the next step and the update is
+    skipped on the device if it fails (late_check.py), so no step waits for the GPU. `on_step(state)`
+    runs after every step whose update is checked (periodic checkpoints). Returns True when the
+    epoch finished, False when max_steps hit.
 
     Raises:
         TrainingError: the loss or the gradient norm is NaN or infinite (no optimiser step is
@@ -127,9 +134,56 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     model.train()
     logger.start_epoch(state.epoch, epochs, sampler.steps_per_epoch, state.epoch_step)
     imgs_per_step = sc.micro_batch * world * accum
-    t_last, timed_steps, timed_time = time.perf_counter(), 0, 0.0
+    clock = {"last": time.perf_counter(), "steps": 0, "time": 0.0}
     step_loss = torch.zeros((), device=device)
     lr = 0.0
+    late = sc.late_checks and supports_late_check(optimizer, scaler)
+    pending: Optional[StepOutcome] = None  # the last launched step, not yet read on the host
+
+    def verified(outcome: StepOutcome) -> Tuple[float, float]:
+        loss_value, raw_norm = outcome.read()
+        if not math.isfinite(loss_value):
+            logger.end_epoch()
+            raise TrainingError(
+                f"loss is {loss_value} at step {outcome.step} (epoch {outcome.epoch + 1}); training "
+                f"stopped before applying it, the last checkpoint is left intact — lower "
+                f"train.blr, set train.clip_grad or use train.amp=bf16, then resume")
+        if not math.isfinite(raw_norm):
+            logger.end_epoch()
+            raise TrainingError(
+                f"gradient norm is {raw_norm} at step {outcome.step} (epoch {outcome.epoch + 1}) with "
+                f"a finite loss {loss_value:.4g}; training stopped before applying it, the last "
+                f"checkpoint is left intact — lower train.blr, set train.clip_grad or use "
+                f"train.amp=bf16, then resume")
+        return loss_value, raw_norm
+
+    def finish(outcome: StepOutcome, loss_value: float, grad_norm: Optional[float]) -> bool:
+        """Logs a step whose update is applied (state.step == outcome.step) and runs its hook;
+        True when sc.max_steps is reached."""
+        now = time.perf_counter()
+        dt, clock["last"] = now - clock["last"], now
+        if state.epoch_step > 1 or clock["steps"]:  # the first step of an epoch includes loader start-up
+            clock["steps"], clock["time"] = clock["steps"] + 1, clock["time"] + dt
+        sec_per_step = clock["time"] / clock["steps"] if clock["steps"] else dt
+        img_s = imgs_per_step / max(dt, 1e-9)
+        eta = sec_per_step * (min(sc.total_steps, sc.max_steps or sc.total_steps) - state.step)
+        logger.update_bar(1, loss_value, outcome.lr, img_s, eta)
+        if state.step % sc.log_every == 0 or state.epoch_step == sampler.steps_per_epoch:
+            record = {"step": state.step, "epoch": state.epoch + state.epoch_step / sampler.steps_per_epoch,
+                      "loss": loss_value, "lr": outcome.lr, "img_per_s": img_s}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm
+            if scaler.is_enabled():
+                record["loss_scale"] = float(scaler.get_scale())
+            logger.log(record, state.step)
+        return end_of_step(state, sc, logger, on_step)
+
+    def settle_pending() -> None:
+        """Reads the pending step (raises if it was not finite), logs it and runs its hook."""
+        nonlocal pending
+        outcome, pending = pending, None
+        loss_value, raw_norm = verified(outcome)
+        finish(outcome, loss_value, raw_norm)
 
     batches = iter(loader)
     try:
@@ -168,46 +222,36 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             # step would poison every weight. DDP has already averaged the gradients, so every rank
             # sees the same norm and all stop together. Under fp16 AMP the GradScaler does this
             # itself (it skips the step and lowers the loss scale), so the check is off there.
-            # The loss and the norm come to the host in one transfer: one sync per step.
             check_grads = not scaler.is_enabled()
             grads = [p.grad for p in model.parameters() if p.grad is not None] if check_grads else []
             norm = torch.nn.utils.get_total_norm(grads).to(step_loss) if grads else torch.zeros_like(step_loss)
-            loss_value, raw_norm = torch.stack([gdist.all_reduce_mean(step_loss), norm]).tolist()
-            if not math.isfinite(loss_value):
-                logger.end_epoch()
-                raise TrainingError(
-                    f"loss is {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); training "
-                    f"stopped before applying it, the last checkpoint is left intact — lower "
-                    f"train.blr, set train.clip_grad or use train.amp=bf16, then resume")
-            if not math.isfinite(raw_norm):
-                logger.end_epoch()
-                raise TrainingError(
-                    f"gradient norm is {raw_norm} at step {state.step + 1} (epoch {state.epoch + 1}) with "
-                    f"a finite loss {loss_value:.4g}; training stopped before applying it, the last "
-                    f"checkpoint is left intact — lower train.blr, set train.clip_grad or use "
-                    f"train.amp=bf16, then resume")
+            outcome = StepOutcome(torch.stack([gdist.all_reduce_mean(step_loss), norm]), state.step + 1,
+                                  state.epoch, lr)
+            if late:
+                # The previous step is read now, while this one runs; this step's update is
+                # skipped on the device if it is not finite, and read during the next step.
+                if pending is not None:
+                    settle_pending()
+                if sc.clip_grad:
+                    torch.nn.utils.clip_grads_with_norm_(model.parameters(), sc.clip_grad, norm)
+                gated_step(optimizer, outcome.bad)
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.epoch_step += 1
+                pending = outcome
+                if sc.max_steps is not None and state.step >= sc.max_steps:
+                    settle_pending()  # end_of_step closes the epoch's bar
+                    return False
+                continue
+            # The loss and the norm come to the host in one transfer: one sync per step.
+            loss_value, raw_norm = verified(outcome)
             grad_norm = apply_update(model, optimizer, scaler, sc.clip_grad, raw_norm if check_grads else None)
             state.step += 1
             state.epoch_step += 1
-
-            now = time.perf_counter()
-            dt, t_last = now - t_last, now
-            if state.epoch_step > 1 or timed_steps:  # the first step of an epoch includes loader start-up
-                timed_steps, timed_time = timed_steps + 1, timed_time + dt
-            sec_per_step = timed_time / timed_steps if timed_steps else dt
-            img_s = imgs_per_step / max(dt, 1e-9)
-            eta = sec_per_step * (min(sc.total_steps, sc.max_steps or sc.total_steps) - state.step)
-            logger.update_bar(1, loss_value, lr, img_s, eta)
-            if state.step % sc.log_every == 0 or state.epoch_step == sampler.steps_per_epoch:
-                record = {"step": state.step, "epoch": state.epoch + state.epoch_step / sampler.steps_per_epoch,
-                          "loss": loss_value, "lr": lr, "img_per_s": img_s}
-                if grad_norm is not None:
-                    record["grad_norm"] = grad_norm
-                if scaler.is_enabled():
-                    record["loss_scale"] = float(scaler.get_scale())
-                logger.log(record, state.step)
-            if end_of_step(state, sc, logger, on_step):
+            if finish(outcome, loss_value, grad_norm):
                 return False
+        if pending is not None:
+            settle_pending()
     finally:
         # A loader that decodes on the device is a generator holding a thread and the DataLoader
         # behind it: closing it stops both now, also when a step raised.
