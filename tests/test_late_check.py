@@ -12,6 +12,7 @@ from greenmim.engine import late_check
 from greenmim.engine.build import build_model
 from greenmim.engine.data import build_dataset, build_loader
 from greenmim.engine.logger import TrainLogger
+from greenmim.engine.mask_collate import collator_for
 from greenmim.engine.optim import build_optimizer
 from greenmim.engine.train import StepConfig, TrainingError, TrainState, train_one_epoch
 
@@ -21,14 +22,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 4  # 8 images, batch 2
 
 
-def _train(late: bool, clip=None, poison_step=None, events=None):
+def _train(late: bool, clip=None, poison_step=None, events=None, masks_in_workers=True):
     """One epoch of the tiny pretraining model; returns (a weight after each checked step, the
     optimiser, the error raised or None, that weight at the end). poison_step: that step's
     gradient is made inf."""
     torch.manual_seed(0)
     cfg = load_config(TINY_CFG, tiny_overrides("unused"))
-    loader = build_loader(build_dataset(cfg), 2, 1, 0, 1, 0, 0)
     model = build_model(cfg)
+    collate = collator_for(model, 64, 0.75, True, 0) if masks_in_workers else None
+    loader = build_loader(build_dataset(cfg), 2, 1, 0, 1, 0, 0, collate=collate)
     weight = model.encoder.patch_embed.proj.weight
     calls = {"backward": 0}
 
@@ -81,10 +83,13 @@ def test_the_host_reads_a_step_only_after_the_next_step_is_launched(monkeypatch)
     for step in range(2, STEPS + 1):
         expected += [("forward", step), ("read", step - 1)]
     assert events == expected + [("read", STEPS)]
-    # the reference path reads each step before the next one starts
-    events.clear()
-    _train(False, events=events)
-    assert events == [e for s in range(1, STEPS + 1) for e in (("forward", s), ("read", s))]
+    # the reference path reads each step before the next one starts; so does a run whose masks
+    # the engine draws (its generator's state goes into the step's checkpoint)
+    in_order = [e for s in range(1, STEPS + 1) for e in (("forward", s), ("read", s))]
+    for late, in_workers in ((False, True), (True, False)):
+        events.clear()
+        _train(late, events=events, masks_in_workers=in_workers)
+        assert events == in_order, (late, in_workers)
 
 
 def test_a_non_finite_step_is_skipped_on_the_device_and_stops_with_its_number():
@@ -117,3 +122,43 @@ def test_gated_step_leaves_everything_untouched_when_told_to_skip():
     assert not hasattr(opt, "found_inf") and not hasattr(opt, "grad_scale")
     late_check.gated_step(opt, torch.zeros(()))
     assert not torch.equal(p.detach(), torch.ones(3)) and float(opt.state[p]["step"]) == 1.0
+
+
+@pytest.mark.parametrize("mask_in_workers", ["true", "false"])
+def test_a_crash_after_a_periodic_checkpoint_resumes_step_exactly(tmp_path, mask_in_workers):
+    """Checkpoints are written in the step hook, which now runs during the next step: what they
+    hold (weights, optimiser, the engine's mask generator when it draws the masks) must still be
+    the state after their own step."""
+    import multiprocessing
+    import os
+    import signal
+    import sys
+
+    from greenmim.engine import checkpoint as ckpt
+    from greenmim.engine.pretrain import main, run
+    from test_pretrain import read_log
+
+    def overrides(out):
+        return tiny_overrides(out, "train.epochs=2", "checkpoint.every_steps=1", "mask.shared=false",
+                              f"mask.in_workers={mask_in_workers}")
+
+    straight, crashed = str(tmp_path / "straight"), str(tmp_path / "crashed")
+    run(load_config(TINY_CFG, overrides(straight)))
+
+    def killed_at_step_5():
+        os.environ["GREENMIM_FAULT"] = "kill_at_step:5"
+        torch.set_num_threads(1)
+        sys.exit(main(["--config", TINY_CFG, *overrides(crashed)]))
+
+    child = multiprocessing.get_context("fork").Process(target=killed_at_step_5)
+    child.start()
+    child.join(120)
+    assert child.exitcode == -signal.SIGKILL
+    assert ckpt.load(os.path.join(crashed, ckpt.LAST))["state"]["step"] == 5
+    assert main(["--config", TINY_CFG, *overrides(crashed)]) == 0
+    a, b = read_log(straight), read_log(crashed)
+    assert sorted(a) == sorted(b) == list(range(1, 2 * STEPS + 1))
+    assert all(abs(a[s] - b[s]) <= 1e-6 for s in a), (a, b)
+    wa = ckpt.load(os.path.join(straight, ckpt.LAST))["model"]
+    wb = ckpt.load(os.path.join(crashed, ckpt.LAST))["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

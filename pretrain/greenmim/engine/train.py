@@ -53,7 +53,8 @@ class StepConfig:
     # None: forward under autocast + backward here
     forward_backward: Optional[Callable] = None
     # read each step's loss and gradient norm on the host during the next step, the update gated
-    # on the device (late_check.py); used where the optimiser supports it, else one sync per step
+    # on the device (late_check.py); used where the optimiser supports it and the loader's workers
+    # draw the masks, else one sync per step
     late_checks: bool = True
 
     @classmethod
@@ -117,8 +118,9 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     Each optimiser step: seed the global RNG, set the lr, run accum_iter micro-batches
     (forward under autocast on CUDA, loss / accum_iter backward, DDP sync on the last only),
     check the loss over all processes and the gradient norm are finite, clip, step. With a fused
-    AdamW and no GradScaler the check is read on the host during the next step and the update is
-    skipped on the device if it fails (late_check.py), so no step waits for the GPU. `on_step(state)`
+    AdamW, no GradScaler and masks from the loader's workers, the check is read on the host during
+    the next step and the update is skipped on the device if it fails (late_check.py), so no step
+    waits for the GPU. `on_step(state)`
     runs after every step whose update is checked (periodic checkpoints). Returns True when the
     epoch finished, False when max_steps hit.
 
@@ -137,6 +139,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     clock = {"last": time.perf_counter(), "steps": 0, "time": 0.0}
     step_loss = torch.zeros((), device=device)
     lr = 0.0
+    # the check read one step late needs masks from the loader's workers (see below)
     late = sc.late_checks and supports_late_check(optimizer, scaler)
     pending: Optional[StepOutcome] = None  # the last launched step, not yet read on the host
 
@@ -198,6 +201,11 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                 images, mask, plans = images
                 plans = None if plans is None else plans_to(plans, device)
             else:  # masks stay on the CPU: the green encoder plans on the host
+                # The engine's mask generator is checkpointed by the step hook, so each step is
+                # read (and its hook run) before the next step draws its masks.
+                late = False
+                if pending is not None:
+                    settle_pending()
                 mask, plans = draw_masks(mask_generator, images.shape[0], world, rank), None
             images = images.to(device, non_blocking=True)
             if plans is not None or not getattr(unwrap(model), "host_mask", True):
