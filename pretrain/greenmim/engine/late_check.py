@@ -39,7 +39,9 @@ class StepOutcome:
         if values.is_cuda:
             self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             self._host.copy_(values, non_blocking=True)
-            self._ready: Optional[torch.cuda.Event] = torch.cuda.Event()
+            # blocking: the host thread sleeps while it waits instead of spinning on a core
+            # that the loader's workers and the decoding thread can use
+            self._ready: Optional[torch.cuda.Event] = torch.cuda.Event(blocking=True)
             self._ready.record()
         else:
             self._host, self._ready = values.cpu(), None
