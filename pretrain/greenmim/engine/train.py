@@ -120,9 +120,8 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     check the loss over all processes and the gradient norm are finite, clip, step. With a fused
     AdamW, no GradScaler and masks from the loader's workers, the check is read on the host during
     the next step and the update is skipped on the device if it fails (late_check.py), so no step
-    waits for the GPU. `on_step(state)`
-    runs after every step whose update is checked (periodic checkpoints). Returns True when the
-    epoch finished, False when max_steps hit.
+    waits for the GPU. `on_step(state)` runs after every step once its check has passed (periodic
+    checkpoints). Returns True when the epoch finished, False when max_steps hit.
 
     Raises:
         TrainingError: the loss or the gradient norm is NaN or infinite (no optimiser step is
