@@ -34,8 +34,7 @@ class StepOutcome:
 
     def __init__(self, values: torch.Tensor, step: int, epoch: int, lr: float):
         self.step, self.epoch, self.lr = step, epoch, lr
-        values = values.detach().float()
-        self.bad = (~torch.isfinite(values)).any().float()  # [] on the device: 1.0 skips the update
+        values = self._values = values.detach().float()
         if values.is_cuda:
             self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             self._host.copy_(values, non_blocking=True)
@@ -45,6 +44,10 @@ class StepOutcome:
             self._ready.record()
         else:
             self._host, self._ready = values.cpu(), None
+
+    def skip_flag(self) -> torch.Tensor:
+        """float [] on the device: 1.0 when the loss or the norm is not finite (gated_step's skip)."""
+        return (~torch.isfinite(self._values)).any().float()
 
     def read(self) -> List[float]:
         """[loss, norm] on the host; waits for this copy only (the stream may be further on)."""

@@ -241,7 +241,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                     settle_pending()
                 if sc.clip_grad:
                     torch.nn.utils.clip_grads_with_norm_(model.parameters(), sc.clip_grad, norm)
-                gated_step(optimizer, outcome.bad)
+                gated_step(optimizer, outcome.skip_flag())
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 state.epoch_step += 1
